@@ -1,0 +1,40 @@
+"""Device selection and the hardware facts that choose a compute path."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+
+def resolve(device: str | torch.device = "auto") -> torch.device:
+    """Turn "auto" | "cpu" | "cuda[:i]" into a torch.device; "auto" prefers CUDA."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for, but no CUDA device is available")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda[:index]'")
+    return torch.device(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def fast_int8(device: torch.device) -> bool:
+    """Whether int8 x int8 -> int32 matmul beats float32 here (VNNI/AMX on CPU, tensor cores on GPU)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (7, 5)
+    flags = _cpu_flags()
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})

@@ -1,0 +1,255 @@
+"""From a GM dataset to a workspace: split the real set, embed, search, store artifacts.
+
+Incremental by construction: every entry is named by the hash of what made it (input content,
+split, space identity, algorithm version), so a re-run finds it and computes nothing, and a new
+model folder computes only that model. The manifest is committed after each model, so an
+interrupted run keeps everything it finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fingerprint_core import artifacts, datasets, spaces
+from fingerprint_core.manifold import Manifold
+from fingerprint_core.workspace import REAL, Workspace, key_of
+
+ALGORITHM = "exact-l2-v1"  # bump when the numbers an entry holds would change
+DEFAULT_SPACES = ("rgb", "freq")
+
+
+class Progress:
+    """A progress sink: the CLI plugs tqdm in, the app st.progress; the default says nothing."""
+
+    def task(self, desc: str, total: int) -> "Progress":
+        return self
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class RealSet:
+    """The real images, split into the manifold estimate (reference) and the held-out real class."""
+
+    reference: np.ndarray  # uint8 N x C x H x W
+    heldout: np.ndarray
+    sources: pd.DataFrame  # file, split
+    key: str  # hash of the content and the split
+    origin: str
+
+
+@dataclass
+class Report:
+    """What a run did: entries computed and reused, skipped files, warnings."""
+
+    workspace: Path
+    computed: list[str] = field(default_factory=list)  # "model/space"
+    reused: list[str] = field(default_factory=list)
+    bad_files: list[datasets.BadFile] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def split_real(images: np.ndarray, sources: list[str], *, holdout: float, seed: int, content_key: str) -> RealSet:
+    """Seeded split of the real images into reference and held-out (DESIGN.md section 4)."""
+    n = len(images)
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout={holdout} must be between 0 and 1")
+    n_hold = max(1, int(round(n * holdout))) if n > 1 else 0
+    perm = np.random.default_rng(seed).permutation(n)
+    held, ref = np.sort(perm[:n_hold]), np.sort(perm[n_hold:])
+    if len(ref) == 0:
+        raise datasets.DatasetError("the real set needs at least two images (one reference, one held out)")
+    table = pd.DataFrame({"file": sources, "split": "reference"})
+    table.loc[held, "split"] = "heldout"
+    return RealSet(images[ref], images[held], table, key_of(content_key, holdout, seed), "folder")
+
+
+def fixed_real(reference: np.ndarray, heldout: np.ndarray, *, key: str, origin: str) -> RealSet:
+    """A real set that comes already split (the demo: Fashion-MNIST train and test)."""
+    sources = [f"{origin}:reference[{i}]" for i in range(len(reference))] + [f"{origin}:heldout[{i}]" for i in range(len(heldout))]
+    table = pd.DataFrame({"file": sources, "split": ["reference"] * len(reference) + ["heldout"] * len(heldout)})
+    return RealSet(reference, heldout, table, key, origin)
+
+
+@contextlib.contextmanager
+def _locked(ws: Workspace) -> Iterator[None]:
+    """One writer at a time per workspace."""
+    with open(ws.path / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise datasets.DatasetError(f"workspace {ws.path} is being written by another run") from None
+        yield
+
+
+def fingerprint(
+    data_root: str | os.PathLike,
+    workspace: str | os.PathLike,
+    *,
+    space_names: tuple[str, ...] | list[str] = DEFAULT_SPACES,
+    device: str = "auto",
+    batch_size: int = 4096,
+    holdout: float = 0.1,
+    seed: int = 0,
+    real: RealSet | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Compute every model's fingerprints in the given spaces into a workspace (incremental)."""
+    progress = progress or Progress()
+    ds = datasets.open_dataset(data_root, require_real=real is None)
+    if REAL in ds.model_names():
+        raise datasets.DatasetError(f"models/{REAL}: the name {REAL!r} is reserved for the held-out real images; rename the folder and its row")
+    ws = Workspace.open_or_create(workspace)
+    report = Report(ws.path, warnings=list(ds.warnings))
+    space_objs = [spaces.get(s, device=device, batch_size=batch_size) for s in space_names]
+    with _locked(ws):
+        if real is None:
+            real = _read_real(ds, holdout=holdout, seed=seed, progress=progress, report=report)
+        shape = tuple(int(v) for v in real.reference.shape[1:])
+        _store_real(ws, real, report)
+        ws.manifest["config"] = {
+            "data_root": str(Path(data_root).resolve()),
+            "spaces": [s.name for s in space_objs],
+            "holdout_fraction": holdout,
+            "split_seed": seed,
+            "image_shape": list(shape),
+            "algorithm": ALGORITHM,
+            "real_origin": real.origin,
+        }
+        _store_design(ws, ds.design)
+        manifolds = {s.name: _manifold(ws, s, real, device, progress) for s in space_objs}
+        ws.commit()
+
+        models = ds.model_names()
+        wanted = set(models) | {REAL}
+        for gone in [m for m in ws.manifest["models"] if m not in wanted]:
+            del ws.manifest["models"][gone]  # a folder removed from the dataset
+        for name in [REAL, *models]:
+            _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report)
+            ws.commit()
+    return report
+
+
+def _read_real(ds: datasets.GMDataset, *, holdout: float, seed: int, progress: Progress, report: Report) -> RealSet:
+    real_dir = ds.real_dir()
+    progress.log(f"reading real images from {real_dir}")
+    content = datasets.content_hash(real_dir)
+    imgs = datasets.read_images(real_dir, root=ds.root)
+    report.bad_files += imgs.bad_files
+    report.warnings += imgs.warnings
+    if len(imgs.images) < 2:
+        raise datasets.DatasetError(f"{real_dir} holds {len(imgs.images)} usable images; at least 2 are needed")
+    return split_real(imgs.images, imgs.sources, holdout=holdout, seed=seed, content_key=content)
+
+
+def _store_real(ws: Workspace, real: RealSet, report: Report) -> None:
+    if ws.manifest.get("real", {}).get("key") == real.key:
+        return
+    rel = ws.write_entry(
+        f"real-{real.key}",
+        {"reference.npy": real.reference, "heldout.npy": real.heldout},
+        {"sources.parquet": real.sources},
+    )
+    # a new real set changes every nearest neighbour: drop what was computed against the old one
+    ws.manifest["real"] = {"key": real.key, "dir": rel, "n_reference": len(real.reference), "n_heldout": len(real.heldout)}
+    ws.manifest["spaces"] = {}
+    for e in ws.manifest.get("models", {}).values():
+        e["spaces"] = {}
+
+
+def _store_design(ws: Workspace, design: pd.DataFrame) -> None:
+    real_row = {c: "" for c in design.columns}
+    real_row.update({"model": REAL, "family": "real", "upsampling": "none", "loss": "none", "normalization": "none"})
+    table = pd.concat([design, pd.DataFrame([real_row])], ignore_index=True)
+    ws.manifest["design"] = ws.write_table("design", table.astype(str))
+
+
+def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, progress: Progress) -> Manifold:
+    """The manifold estimate in one space; non-pixel reference embeddings are cached on disk."""
+    if space.name == "rgb":
+        return Manifold(ws.reference_images(), device=device)
+    key = key_of(real.key, space.identity())
+    entry = ws.manifest["spaces"].get(space.name)
+    if not entry or entry.get("key") != key:
+        bar = progress.task(f"embedding the reference set ({space.name})", len(real.reference))
+        parts = []
+        for a in range(0, len(real.reference), space.batch_size):
+            parts.append(space.embed(real.reference[a : a + space.batch_size]).cpu().numpy())
+            bar.update(len(parts[-1]))
+        bar.close()
+        emb = np.concatenate(parts) if parts else np.zeros((0, space.dim(real.reference.shape[1:])), np.float32)
+        rel = ws.write_entry(f"spaces/{space.name}-{key}", {"reference.npy": emb})
+        ws.manifest["spaces"][space.name] = {"key": key, "dir": rel, "identity": space.identity()}
+    return Manifold(ws.space_reference(space.name), device=device)
+
+
+def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report) -> None:
+    entry = ws.manifest["models"].get(name)
+    if name == REAL:
+        content = key_of("heldout", real.key)
+    else:
+        content = datasets.content_hash(ds.model_dir(name))
+    images_key = key_of(content, shape)
+    if not entry or entry["images"].get("key") != images_key:
+        if name == REAL:
+            imgs = datasets.ImageSet(real.heldout, list(real.sources.loc[real.sources["split"] == "heldout", "file"]), [], [])
+        else:
+            progress.log(f"reading {name}")
+            imgs = datasets.read_images(ds.model_dir(name), shape=shape, root=ds.root)
+        rel = ws.write_entry(
+            f"models/{name}/images-{images_key}",
+            {"images.npy": imgs.images},
+            {"sources.parquet": pd.DataFrame({"file": imgs.sources})},
+        )
+        entry = {
+            "images": {"key": images_key, "dir": rel, "n": len(imgs.images)},
+            "bad_files": [{"file": b.file, "reason": b.reason} for b in imgs.bad_files],
+            "warnings": list(imgs.warnings),
+            "spaces": {},
+        }
+        ws.manifest["models"][name] = entry
+    report.bad_files += [datasets.BadFile(b["file"], b["reason"]) for b in entry["bad_files"]]
+    report.warnings += entry["warnings"]
+    images = ws.images(name)
+    for space in space_objs:
+        key = key_of(images_key, real.key, space.identity(), ALGORITHM)
+        done = entry["spaces"].get(space.name)
+        if done and done.get("key") == key:
+            report.reused.append(f"{name}/{space.name}")
+            continue
+        bar = progress.task(f"{name} · {space.name}", len(images))
+        parts = []
+        for a in range(0, len(images), space.batch_size):
+            batch = np.asarray(images[a : a + space.batch_size])
+            parts.append(artifacts.project(space, batch, manifolds[space.name]))
+            bar.update(len(batch))
+        bar.close()
+        if parts:
+            nearest = torch.cat([p.nearest for p in parts]).cpu().numpy()
+            distance = torch.cat([p.distance for p in parts]).cpu().numpy()
+            arts = torch.cat([p.artifacts for p in parts]).cpu().numpy().astype(np.float16)
+        else:
+            nearest, distance = np.zeros(0, np.int64), np.zeros(0, np.float32)
+            arts = np.zeros((0, space.dim(shape)), np.float16)
+        rel = ws.write_entry(
+            f"models/{name}/{space.name}-{key}",
+            {"nearest.npy": nearest, "distance.npy": distance, "artifacts.npy": arts},
+        )
+        entry["spaces"][space.name] = {"key": key, "dir": rel}
+        report.computed.append(f"{name}/{space.name}")
