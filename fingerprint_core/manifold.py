@@ -230,7 +230,7 @@ class Manifold:
 
     def _int8_pass(self, q_codes: np.ndarray, eta: float):
         """Candidates by exact integer scores |r'|^2 - 2 q'.r' on codes shifted to int8."""
-        q = _shift_int8(torch.from_numpy(np.ascontiguousarray(q_codes))).to(self.device)
+        q = _shift_int8(torch.from_numpy(np.array(q_codes))).to(self.device)
         wide = self.dim > _INT32_SAFE_DIM
         qn = (q.to(torch.int64) ** 2).sum(1).to(torch.float64)
 
@@ -247,7 +247,7 @@ class Manifold:
 
     def _float32_pass(self, q: np.ndarray):
         """Candidates by float32 scores |r|^2 - 2 q.r, within twice the rounding-error bound."""
-        qt_all = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32)).to(self.device)
+        qt_all = torch.from_numpy(np.array(q, dtype=np.float32)).to(self.device)
         q64 = q.astype(np.float64)
         qn2 = np.einsum("ij,ij->i", q64, q64)
         twice = torch.from_numpy(2 * self._float32_bound(np.sqrt(qn2), qn2)).to(self.device)
