@@ -47,7 +47,7 @@ def _rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x) if not isinstance(x, np.memmap) else x
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
 
 def _pixel_codes(x: np.ndarray) -> np.ndarray | None:

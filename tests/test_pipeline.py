@@ -1,0 +1,214 @@
+"""Dataset -> workspace: re-runs, incremental adds, bad files, crashes that lose nothing."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fingerprint_core import pipeline, workspace
+from fingerprint_core.datasets import DatasetError
+from fingerprint_core.workspace import REAL, Workspace
+from gmdata import DESIGNS, add_model, blobs, make_gm_dataset
+from test_decode import png_with_size
+
+
+def run(root, ws, **kw):
+    return pipeline.fingerprint(root, ws, device="cpu", **kw)
+
+
+def listed_files(ws: Workspace) -> list[Path]:
+    return [p for p in ws.path.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
+def assert_readable(ws_path: Path) -> Workspace:
+    """Everything the manifest names exists and loads."""
+    ws = Workspace.open(ws_path)
+    assert len(ws.reference_images()) > 0
+    for m in ws.model_names(include_real=True):
+        n = len(ws.images(m))
+        for s in ws.manifest["models"][m]["spaces"]:
+            assert len(ws.nearest(m, s)) == n == len(ws.artifacts(m, s)) == len(ws.distance(m, s))
+    return ws
+
+
+@pytest.fixture
+def gray(tmp_path):
+    return make_gm_dataset(tmp_path / "data")
+
+
+def test_fingerprint_writes_a_complete_workspace(gray, tmp_path):
+    report = run(gray, tmp_path / "ws")
+    ws = assert_readable(tmp_path / "ws")
+    assert sorted(report.computed) == sorted(f"{m}/{s}" for m in ["gan_tconv", "vae_nearest", REAL] for s in ["rgb", "freq"])
+    assert ws.model_names() == ["gan_tconv", "vae_nearest"]
+    assert ws.manifest["real"]["n_reference"] == 270 and ws.manifest["real"]["n_heldout"] == 30
+    assert ws.reference_images().shape == (270, 1, 16, 16)
+    assert ws.artifacts("gan_tconv", "rgb").shape == (24, 256) and ws.artifacts("gan_tconv", "rgb").dtype == np.float16
+    design = ws.design().set_index("model")
+    assert design.loc["vae_nearest", "upsampling"] == "nearest_conv" and design.loc[REAL, "family"] == "real"
+    meta = json.loads((tmp_path / "ws" / "workspace.json").read_text())
+    assert meta["schema_version"] == 1 and meta["versions"]["torch"] and meta["config"]["spaces"] == ["rgb", "freq"]
+    # rgb artifacts in float16 keep the exact code difference
+    arts = ws.artifacts("gan_tconv", "rgb").astype(np.float64)
+    x = ws.images("gan_tconv").reshape(24, -1).astype(np.int64)
+    nn = ws.reference_images().reshape(270, -1)[ws.nearest("gan_tconv", "rgb")].astype(np.int64)
+    np.testing.assert_array_equal(np.rint(arts * 255), x - nn)
+
+
+def test_the_split_is_seeded_and_disjoint(gray, tmp_path):
+    run(gray, tmp_path / "a")
+    run(gray, tmp_path / "b")
+    a, b = Workspace.open(tmp_path / "a"), Workspace.open(tmp_path / "b")
+    np.testing.assert_array_equal(a.reference_images(), b.reference_images())
+    src = a.sources(REAL)
+    assert len(src) == 30
+    run(gray, tmp_path / "c", seed=1)
+    assert not np.array_equal(Workspace.open(tmp_path / "c").images(REAL), a.images(REAL))
+
+
+def test_re_running_recomputes_nothing(gray, tmp_path):
+    run(gray, tmp_path / "ws")
+    before = {p: p.stat().st_mtime_ns for p in listed_files(Workspace.open(tmp_path / "ws")) if p.suffix == ".npy"}
+    report = run(gray, tmp_path / "ws")
+    assert report.computed == [] and len(report.reused) == 6
+    after = {p: p.stat().st_mtime_ns for p in listed_files(Workspace.open(tmp_path / "ws")) if p.suffix == ".npy"}
+    assert before == after
+
+
+def test_adding_one_model_computes_only_that_model(gray, tmp_path):
+    run(gray, tmp_path / "ws")
+    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    report = run(gray, tmp_path / "ws")
+    assert sorted(report.computed) == ["gan_pixel/freq", "gan_pixel/rgb"]
+    ws = assert_readable(tmp_path / "ws")
+    assert ws.model_names() == ["gan_tconv", "vae_nearest", "gan_pixel"]
+
+
+def test_changed_or_removed_models_are_updated(gray, tmp_path):
+    run(gray, tmp_path / "ws")
+    img = blobs(np.random.default_rng(5), 1, 1, 16)[0, 0]
+    from PIL import Image
+
+    Image.fromarray(img).save(gray / "models" / "vae_nearest" / "0000.png")
+    report = run(gray, tmp_path / "ws")
+    assert sorted(report.computed) == ["vae_nearest/freq", "vae_nearest/rgb"]
+    # remove a model: its folder and row go, and so does everything the workspace held for it
+    import shutil
+
+    shutil.rmtree(gray / "models" / "gan_tconv")
+    lines = (gray / "models.csv").read_text().splitlines()
+    (gray / "models.csv").write_text("\n".join(l for l in lines if not l.startswith("gan_tconv")) + "\n")
+    run(gray, tmp_path / "ws")
+    ws = assert_readable(tmp_path / "ws")
+    assert ws.model_names() == ["vae_nearest"]
+    assert not (tmp_path / "ws" / "models" / "gan_tconv").exists()
+
+
+def test_rgb_dataset_and_resized_models(tmp_path):
+    root = make_gm_dataset(tmp_path / "data", channels=3)
+    add_model(root, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(2), 6, 3, 32))  # 32 x 32
+    report = run(root, tmp_path / "ws")
+    ws = assert_readable(tmp_path / "ws")
+    assert ws.images("gan_pixel").shape == (6, 3, 16, 16)
+    assert ws.artifacts("gan_pixel", "freq").shape == (6, 3 * 256)
+    assert any("high-frequency" in w for w in report.warnings)
+
+
+def test_bad_files_are_listed_and_the_good_ones_fingerprinted(gray, tmp_path):
+    folder = gray / "models" / "gan_tconv"
+    good = (folder / "0000.png").read_bytes()
+    (folder / "corrupt.png").write_bytes(good[: len(good) // 2])
+    (folder / "notes.png").write_text("this is text, not a picture")
+    (folder / "huge.png").write_bytes(png_with_size(30000, 30000))
+    report = run(gray, tmp_path / "ws")
+    reasons = {b.file: b.reason for b in report.bad_files}
+    assert set(reasons) == {"models/gan_tconv/corrupt.png", "models/gan_tconv/notes.png", "models/gan_tconv/huge.png"}
+    assert "truncated" in reasons["models/gan_tconv/corrupt.png"]
+    assert "not an image" in reasons["models/gan_tconv/notes.png"]
+    assert "30000 x 30000" in reasons["models/gan_tconv/huge.png"]
+    ws = assert_readable(tmp_path / "ws")
+    assert len(ws.images("gan_tconv")) == 24
+    assert len(ws.bad_files()) == 3
+
+
+def test_a_crash_between_models_keeps_what_was_finished(gray, tmp_path, monkeypatch):
+    run(gray, tmp_path / "ws")
+    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    real_project = pipeline.artifacts.project
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:  # rgb of the new model succeeds, freq dies
+            raise RuntimeError("power cut")
+        return real_project(*a, **kw)
+
+    monkeypatch.setattr(pipeline.artifacts, "project", flaky)
+    with pytest.raises(RuntimeError, match="power cut"):
+        run(gray, tmp_path / "ws")
+    ws = assert_readable(tmp_path / "ws")
+    assert ws.model_names() == ["gan_tconv", "vae_nearest"]  # the unfinished model is not committed
+    monkeypatch.setattr(pipeline.artifacts, "project", real_project)
+    report = run(gray, tmp_path / "ws")
+    assert sorted(report.computed) == ["gan_pixel/freq", "gan_pixel/rgb"]
+
+
+def test_a_crash_inside_a_write_leaves_the_previous_workspace_readable(gray, tmp_path, monkeypatch):
+    run(gray, tmp_path / "ws")
+    manifest_before = (tmp_path / "ws" / "workspace.json").read_bytes()
+    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    real_save = np.save
+    calls = {"n": 0}
+
+    def dying_save(f, arr, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # half-way through an entry's files
+            f.write(b"\x93NUMPY half")
+            raise OSError("disk full")
+        return real_save(f, arr, **kw)
+
+    monkeypatch.setattr(workspace.np, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        run(gray, tmp_path / "ws")
+    ws = assert_readable(tmp_path / "ws")
+    assert ws.model_names() == ["gan_tconv", "vae_nearest"]
+    assert not [p for p in (tmp_path / "ws").rglob("*.tmp-*")]  # the half entry was removed
+    assert json.loads(manifest_before)["models"].keys() == ws.manifest["models"].keys()
+
+
+def test_a_crash_while_replacing_the_manifest_keeps_the_old_one(gray, tmp_path, monkeypatch):
+    run(gray, tmp_path / "ws")
+    before = (tmp_path / "ws" / "workspace.json").read_text()
+    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+
+    def no_replace(src, dst):
+        raise OSError("killed before rename")
+
+    monkeypatch.setattr(workspace.os, "replace", no_replace)
+    with pytest.raises(OSError):
+        run(gray, tmp_path / "ws")
+    assert (tmp_path / "ws" / "workspace.json").read_text() == before
+    assert_readable(tmp_path / "ws")
+
+
+def test_dataset_errors_name_the_problem(gray, tmp_path):
+    (gray / "models" / "orphan").mkdir()
+    with pytest.raises(DatasetError, match="orphan"):
+        run(gray, tmp_path / "ws")
+
+
+def test_the_name_real_is_reserved(gray, tmp_path):
+    add_model(gray, REAL, DESIGNS["gan_pixel"], blobs(np.random.default_rng(1), 3, 1, 16))
+    with pytest.raises(DatasetError, match="reserved"):
+        run(gray, tmp_path / "ws")
+
+
+def test_a_non_workspace_folder_is_never_overwritten(gray, tmp_path):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.tex").write_text("...")
+    with pytest.raises(workspace.WorkspaceError, match="non-empty"):
+        run(gray, target)
+    assert (target / "thesis.tex").exists()
