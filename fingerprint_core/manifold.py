@@ -217,10 +217,13 @@ class Manifold:
                 b = best[q0 : q0 + len(s)]
                 tile_min = s.amin(dim=1).to(torch.float64)
                 new_best = torch.minimum(b, tile_min)
-                rows = torch.nonzero(tile_min <= new_best + band(new_best, q0)).squeeze(1)
+                thr = new_best + band(new_best, q0)
+                rows = torch.nonzero(tile_min <= thr).squeeze(1)
                 if len(rows):
-                    thr = (new_best + band(new_best, q0))[rows]
-                    r_i, c_i = torch.nonzero(s[rows].to(torch.float64) <= thr[:, None], as_tuple=True)
+                    # compare in the tile's own dtype (no float64 copy of the tile): integer
+                    # scores against floor(thr), float32 ones against thr rounded up
+                    sub = s if len(rows) == len(s) else s[rows]
+                    r_i, c_i = torch.nonzero(sub <= _threshold_like(thr[rows], s.dtype)[:, None], as_tuple=True)
                     q_i = rows[r_i]
                     found.append((q_i + q0, c_i + a, s[q_i, c_i].to(torch.float64)))
                 b.copy_(new_best)
@@ -338,6 +341,15 @@ def _pick(pairs, q64: np.ndarray, m: Manifold, by_approx: bool = False) -> tuple
     idx[qi[first]] = ri[first]
     dist[qi[first]] = d64[first]
     return idx, dist
+
+
+def _threshold_like(thr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A float64 threshold in a tile's dtype, never below it (so no candidate is lost)."""
+    if dtype.is_floating_point:
+        t = thr.to(dtype)
+        return torch.where(t.to(torch.float64) < thr, torch.nextafter(t, torch.full_like(t, math.inf)), t)
+    info = torch.iinfo(dtype)
+    return thr.floor().clamp(info.min, info.max).to(dtype)
 
 
 def _shift_int8(codes: torch.Tensor) -> torch.Tensor:

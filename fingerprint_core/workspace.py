@@ -1,6 +1,6 @@
 """The on-disk store of everything computed: a folder the core writes and the app reads.
 
-Layout (schema 1; see docs/workspace.md)::
+Layout (schema 1; docs/workspace.md explains every key and choice)::
 
     WS/workspace.json                 manifest: config, versions, content hashes, entries (the commit point)
     WS/design.parquet                 design table: models.csv rows plus the "real" (held-out) row

@@ -1,0 +1,1 @@
+"""ManiFPT Studio: the Streamlit front end (entrypoint: app/main.py)."""
