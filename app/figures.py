@@ -49,7 +49,9 @@ def symmetric_range(values: np.ndarray, percentile: float = 99.5) -> float:
 def _lut(colorscale: str) -> np.ndarray:
     """uint8 256 x 3 lookup table sampled from a plotly colour scale."""
     colors = sample_colorscale(colorscale, np.linspace(0, 1, 256), colortype="tuple")
-    return (np.asarray(colors) * 255).round().astype(np.uint8)
+    lut = (np.asarray(colors) * 255).round().astype(np.uint8)
+    lut.setflags(write=False)  # shared by every caller through the cache
+    return lut
 
 
 def colormapped(values: np.ndarray, half_range: float, colorscale: str = DIVERGING) -> np.ndarray:
@@ -72,13 +74,10 @@ def sample_grid(
     labels: list[str] | None = None,
     nearest_space: str = "rgb",
 ) -> go.Figure:
-    """A grid: one row per sample; columns sample, nearest real image, RGB artifact, FREQ artifact.
-
-    samples and nearest are uint8 K x C x H x W; the artifacts float K x C x H x W or None when the
-    workspace lacks that space. Artifacts are averaged over channels (signed) and drawn on a
-    diverging scale centred on 0 with a symmetric range shared by the column; each artifact
-    column has its colour bar above it.
-    """
+    """One row per sample; columns: the sample, its nearest real image, its RGB and FREQ artifacts."""
+    # samples, nearest: uint8 (K, C, H, W); artifacts: float (K, C, H, W), or None when the workspace
+    # lacks that space. Artifacts are shown as their signed mean over channels, on a diverging scale
+    # centred on 0 whose symmetric range is shared by the column (colour bar above the column).
     samples, nearest = np.asarray(samples), np.asarray(nearest)
     if samples.ndim != 4 or samples.shape != nearest.shape or len(samples) == 0:
         raise ValueError(f"samples {samples.shape} and nearest {nearest.shape} must both be K x C x H x W, K > 0")

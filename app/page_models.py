@@ -6,11 +6,12 @@ import streamlit as st
 
 from app import figures, state
 from app.state import IMAGE_SPACES
+from fingerprint_core.workspace import Workspace
 
 GRID_MAX = 16  # samples in the grid at most: the figure stays small and quick
 
 
-def header(ws) -> None:
+def header(ws: Workspace) -> None:
     """Title and a one-line description of the workspace."""
     cfg, real = ws.config, ws.manifest.get("real", {})
     shape = "×".join(map(str, cfg.get("image_shape", []))) or "?"
@@ -38,7 +39,7 @@ def design_table(path: str, stamp: str) -> None:
     st.dataframe(table, hide_index=True, column_config=config, width="stretch")
 
 
-def skipped_files(ws) -> None:
+def skipped_files(ws: Workspace) -> None:
     """An expander listing every skipped input file and why, when there are any."""
     bad = ws.bad_files()
     if len(bad):
@@ -51,7 +52,7 @@ def shuffle(key: str) -> None:
     st.session_state[key] = st.session_state.get(key, 0) + 1
 
 
-def sample_grid(ws, path: str, stamp: str) -> None:
+def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
     """Controls, then the grid of samples, nearest real images and artifacts, with per-sample details."""
     st.subheader("Samples, nearest real images and artifacts")
     models = ws.model_names(include_real=True)
@@ -59,9 +60,9 @@ def sample_grid(ws, path: str, stamp: str) -> None:
         st.warning("This workspace holds no model samples yet.")
         return
     spaces = [s for s in ws.space_names() if s in IMAGE_SPACES]
-    c_model, c_k, c_seed, c_shuffle, c_space = st.columns([3, 3, 2, 1.3, 2.2], vertical_alignment="bottom")
+    c_model, c_k, c_seed, c_shuffle, c_space = st.columns([3, 3, 1.6, 1.6, 2.2], vertical_alignment="bottom")
     model = c_model.selectbox("Model", models, format_func=state.model_label, key=f"model@{path}")
-    n = ws.manifest["models"][model]["images"]["n"]
+    n = ws.n_images(model)
     if n == 0:
         st.warning(f"`{model}` has no readable samples (see the skipped files above).")
         return

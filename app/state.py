@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from fingerprint_core.workspace import MANIFEST, REAL, Workspace, WorkspaceError, discover
+from fingerprint_core.workspace import MANIFEST, REAL, Workspace, WorkspaceError, default_root, discover
 
 ROOT_ENV = "MANIFPT_WORKSPACE"
 WORKSPACE_KEY = "workspace"  # session_state: path (str) of the chosen workspace, or None
@@ -21,11 +21,7 @@ IMAGE_SPACES = ("rgb", "freq")  # spaces whose artifacts are image-shaped (C x H
 
 def workspace_root() -> Path:
     """The folder whose workspaces the app offers: $MANIFPT_WORKSPACE, else the user cache."""
-    env = os.environ.get(ROOT_ENV)
-    if env:
-        return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "manifpt" / "workspaces"
+    return default_root()
 
 
 def workspace_choices(root: Path) -> list[Path]:
@@ -108,18 +104,7 @@ def model_label(name: str) -> str:
 @st.cache_data(max_entries=16, show_spinner=False)
 def model_summary(path: str, stamp: str) -> pd.DataFrame:
     """The design table with samples, skipped files and mean nearest-real distance per space."""
-    ws = _open(path, stamp)
-    table = ws.design().astype(str)
-    models = ws.manifest.get("models", {})
-    table["samples"] = [models.get(m, {}).get("images", {}).get("n", 0) for m in table["model"]]
-    table["skipped files"] = [len(models.get(m, {}).get("bad_files", [])) for m in table["model"]]
-    for space in ws.space_names():
-        table[f"mean d² {space}"] = [
-            float(np.mean(ws.distance(m, space), dtype=np.float64)) if ws.has(m, space) and models[m]["images"]["n"]
-            else np.nan
-            for m in table["model"]
-        ]
-    return table
+    return _open(path, stamp).summary()
 
 
 @dataclass(frozen=True)

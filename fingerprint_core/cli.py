@@ -77,19 +77,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"real        {real.get('n_reference', 0)} reference + {real.get('n_heldout', 0)} held out "
         f"(holdout {cfg.get('holdout_fraction')}, seed {cfg.get('split_seed')}, {cfg.get('real_origin')})"
     )
-    spaces = ws.space_names()
-    print(f"spaces      {', '.join(spaces)}")
-    design = ws.design().set_index("model") if len(ws.design()) else None
-    width = max([len(n) for n in ws.model_names(include_real=True)] + [5])
-    print(f"\n{'model':{width}}  {'family':9} {'samples':>7}  {'bad':>3}  " + "  ".join(f"{s:>10}" for s in spaces))
-    for name in ws.model_names(include_real=True):
-        e = m["models"][name]
-        fam = design.loc[name, "family"] if design is not None and name in design.index else "?"
-        cells = []
-        for s in spaces:
-            cells.append(f"{float(ws.distance(name, s).mean()):10.4g}" if ws.has(name, s) else f"{'-':>10}")
-        print(f"{name:{width}}  {fam:9} {e['images']['n']:>7}  {len(e['bad_files']):>3}  " + "  ".join(cells))
-    print("\n(per space: mean squared L2 distance to the nearest real image)")
+    print(f"spaces      {', '.join(ws.space_names())}\n")
+    table = ws.summary()
+    cols = ["model", "family", "samples", "skipped files", *[c for c in table.columns if c.startswith("mean d²")]]
+    left = {c: (lambda v, w=int(table[c].str.len().max()): f"{v:<{w}}") for c in ("model", "family")} if len(table) else {}
+    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", formatters=left))
+    print("\n(mean d²: mean squared L2 distance to the nearest real image, per space)")
     bad = ws.bad_files()
     if len(bad):
         print(f"\nskipped files ({len(bad)}):")

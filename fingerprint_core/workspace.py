@@ -165,6 +165,22 @@ class Workspace:
             return self.reference_images()
         return self._npy(self.manifest["spaces"][space]["dir"], "reference.npy")
 
+    def n_images(self, model: str) -> int:
+        return int(self._model(model)["images"]["n"])
+
+    def summary(self) -> pd.DataFrame:
+        """The design table plus, per model, samples, skipped files and mean d^2 to the nearest real image per space."""
+        table = self.design().astype(str)
+        models = self.manifest.get("models", {})
+        table["samples"] = [models.get(m, {}).get("images", {}).get("n", 0) for m in table["model"]]
+        table["skipped files"] = [len(models.get(m, {}).get("bad_files", [])) for m in table["model"]]
+        for space in self.space_names():
+            table[f"mean d² {space}"] = [
+                float(np.mean(self.distance(m, space), dtype=np.float64)) if self.has(m, space) and models[m]["images"]["n"] else np.nan
+                for m in table["model"]
+            ]
+        return table
+
     def bad_files(self) -> pd.DataFrame:
         """Every input file that was skipped, with the model and the reason."""
         rows = [
@@ -259,6 +275,15 @@ class Workspace:
                     p.unlink(missing_ok=True)
 
         sweep(self.path)
+
+
+def default_root() -> Path:
+    """Where workspaces live unless told otherwise: $MANIFPT_WORKSPACE, else the user cache."""
+    env = os.environ.get("MANIFPT_WORKSPACE")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "manifpt" / "workspaces"
 
 
 def discover(root: str | os.PathLike) -> list[Path]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app import figures
-from conftest import BAD_FILE, TOY_MODELS
 
 MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 
@@ -46,7 +46,7 @@ def test_models_page_with_grayscale_workspace(monkeypatch, gray_workspace_root):
 
     assert at.sidebar.selectbox[0].value.endswith("gm-gray")
     design = at.dataframe[0].value
-    assert list(design["model"]) == [*TOY_MODELS, "real"]
+    assert list(design["model"]) == ["toy_gan", "toy_vae", "real"]
     assert list(design["samples"]) == [24, 24, 30]
     assert list(design["skipped files"]) == [1, 0, 0]
     assert {"mean d² rgb", "mean d² freq"} <= set(design.columns)
@@ -101,8 +101,24 @@ def test_skipped_files_are_listed_with_their_reason(monkeypatch, gray_workspace_
     expander = at.expander[0]
     assert "Skipped files (1)" in expander.label
     bad = expander.dataframe[0].value
-    assert list(bad["file"]) == [f"models/toy_gan/{BAD_FILE}"]
+    assert list(bad["file"]) == ["models/toy_gan/bad.png"]
     assert "not an image" in bad["reason"][0]
+
+
+def test_sidebar_picks_among_the_workspaces_under_the_root(monkeypatch, gray_workspace_root,
+                                                           rgb_workspace_root, tmp_path):
+    (tmp_path / "a-gray").symlink_to(gray_workspace_root / "gm-gray")
+    (tmp_path / "b-rgb").symlink_to(rgb_workspace_root / "gm-rgb")
+    (tmp_path / "not-a-workspace").mkdir()
+    at = run_app(monkeypatch, tmp_path)
+    picker = at.sidebar.selectbox(key="workspace")
+    assert picker.options == ["a-gray", "b-rgb"] and "1×16×16" in at.caption[0].value
+
+    picker.set_value(str(tmp_path / "b-rgb")).run()
+
+    assert not at.exception
+    assert "3×16×16" in at.caption[0].value
+    assert at.session_state["workspace"] == str(tmp_path / "b-rgb")
 
 
 def test_root_that_is_itself_a_workspace_is_the_only_choice(monkeypatch, gray_workspace_root):
@@ -114,8 +130,6 @@ def test_root_that_is_itself_a_workspace_is_the_only_choice(monkeypatch, gray_wo
 
 def test_missing_space_is_said_not_failed(monkeypatch, gray_workspace_root, tmp_path):
     # the same workspace as if fingerprinted in rgb only: the manifest no longer names freq entries
-    import shutil
-
     ws = tmp_path / "rgb-only"
     shutil.copytree(gray_workspace_root / "gm-gray", ws)
     manifest = json.loads((ws / "workspace.json").read_text())

@@ -11,17 +11,17 @@ from test_decode import png_with_size
 
 
 def test_fingerprint_then_info(tmp_path, capsys):
-    root = make_gm_dataset(tmp_path / "data")
-    (root / "models" / "gan_tconv" / "huge.png").write_bytes(png_with_size(30000, 30000))
+    root = make_gm_dataset(tmp_path / "data", bad_file=False)
+    (root / "models" / "toy_gan" / "huge.png").write_bytes(png_with_size(30000, 30000))
     assert main(["fingerprint", str(root), "-w", str(tmp_path / "ws"), "--device", "cpu", "--batch-size", "7"]) == 0
     out, err = capsys.readouterr()
     assert "computed 6 fingerprint(s)" in out
-    assert "models/gan_tconv/huge.png: image is 30000 x 30000" in err
+    assert "models/toy_gan/huge.png: image is 30000 x 30000" in err
     assert main(["fingerprint", str(root), "-w", str(tmp_path / "ws"), "-q"]) == 0
     assert "computed 0 fingerprint(s), reused 6" in capsys.readouterr().out
     assert main(["info", str(tmp_path / "ws")]) == 0
     out = capsys.readouterr().out
-    for text in ["gan_tconv", "vae_nearest", "real", "270 reference + 30 held out", "rgb, freq", "huge.png"]:
+    for text in ["toy_gan", "toy_vae", "real", "270 reference + 30 held out", "rgb, freq", "huge.png"]:
         assert text in out
 
 

@@ -10,8 +10,11 @@ import pytest
 from fingerprint_core import pipeline, workspace
 from fingerprint_core.datasets import DatasetError
 from fingerprint_core.workspace import REAL, Workspace
-from gmdata import DESIGNS, add_model, blobs, make_gm_dataset
+from gmdata import TOY_MODELS, add_model, blob_images, make_gm_dataset
 from test_decode import png_with_size
+
+
+PIXEL = ("gan", "pixel_shuffle", "hinge", "spectral")
 
 
 def run(root, ws, **kw):
@@ -35,25 +38,25 @@ def assert_readable(ws_path: Path) -> Workspace:
 
 @pytest.fixture
 def gray(tmp_path):
-    return make_gm_dataset(tmp_path / "data")
+    return make_gm_dataset(tmp_path / "data", bad_file=False)
 
 
 def test_fingerprint_writes_a_complete_workspace(gray, tmp_path):
     report = run(gray, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
-    assert sorted(report.computed) == sorted(f"{m}/{s}" for m in ["gan_tconv", "vae_nearest", REAL] for s in ["rgb", "freq"])
-    assert ws.model_names() == ["gan_tconv", "vae_nearest"]
+    assert sorted(report.computed) == sorted(f"{m}/{s}" for m in ["toy_gan", "toy_vae", REAL] for s in ["rgb", "freq"])
+    assert ws.model_names() == ["toy_gan", "toy_vae"]
     assert ws.manifest["real"]["n_reference"] == 270 and ws.manifest["real"]["n_heldout"] == 30
     assert ws.reference_images().shape == (270, 1, 16, 16)
-    assert ws.artifacts("gan_tconv", "rgb").shape == (24, 256) and ws.artifacts("gan_tconv", "rgb").dtype == np.float16
+    assert ws.artifacts("toy_gan", "rgb").shape == (24, 256) and ws.artifacts("toy_gan", "rgb").dtype == np.float16
     design = ws.design().set_index("model")
-    assert design.loc["vae_nearest", "upsampling"] == "nearest_conv" and design.loc[REAL, "family"] == "real"
+    assert design.loc["toy_vae", "upsampling"] == TOY_MODELS["toy_vae"][1] and design.loc[REAL, "family"] == "real"
     meta = json.loads((tmp_path / "ws" / "workspace.json").read_text())
     assert meta["schema_version"] == 1 and meta["versions"]["torch"] and meta["config"]["spaces"] == ["rgb", "freq"]
     # rgb artifacts in float16 keep the exact code difference
-    arts = ws.artifacts("gan_tconv", "rgb").astype(np.float64)
-    x = ws.images("gan_tconv").reshape(24, -1).astype(np.int64)
-    nn = ws.reference_images().reshape(270, -1)[ws.nearest("gan_tconv", "rgb")].astype(np.int64)
+    arts = ws.artifacts("toy_gan", "rgb").astype(np.float64)
+    x = ws.images("toy_gan").reshape(24, -1).astype(np.int64)
+    nn = ws.reference_images().reshape(270, -1)[ws.nearest("toy_gan", "rgb")].astype(np.int64)
     np.testing.assert_array_equal(np.rint(arts * 255), x - nn)
 
 
@@ -79,36 +82,36 @@ def test_re_running_recomputes_nothing(gray, tmp_path):
 
 def test_adding_one_model_computes_only_that_model(gray, tmp_path):
     run(gray, tmp_path / "ws")
-    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    add_model(gray, "gan_pixel", PIXEL, blob_images(10, 16, 1, np.random.default_rng(9)))
     report = run(gray, tmp_path / "ws")
     assert sorted(report.computed) == ["gan_pixel/freq", "gan_pixel/rgb"]
     ws = assert_readable(tmp_path / "ws")
-    assert ws.model_names() == ["gan_tconv", "vae_nearest", "gan_pixel"]
+    assert ws.model_names() == ["toy_gan", "toy_vae", "gan_pixel"]
 
 
 def test_changed_or_removed_models_are_updated(gray, tmp_path):
     run(gray, tmp_path / "ws")
-    img = blobs(np.random.default_rng(5), 1, 1, 16)[0, 0]
+    img = blob_images(1, 16, 1, np.random.default_rng(5))[0, ..., 0]
     from PIL import Image
 
-    Image.fromarray(img).save(gray / "models" / "vae_nearest" / "0000.png")
+    Image.fromarray(img).save(gray / "models" / "toy_vae" / "000.png")
     report = run(gray, tmp_path / "ws")
-    assert sorted(report.computed) == ["vae_nearest/freq", "vae_nearest/rgb"]
+    assert sorted(report.computed) == ["toy_vae/freq", "toy_vae/rgb"]
     # remove a model: its folder and row go, and so does everything the workspace held for it
     import shutil
 
-    shutil.rmtree(gray / "models" / "gan_tconv")
+    shutil.rmtree(gray / "models" / "toy_gan")
     lines = (gray / "models.csv").read_text().splitlines()
-    (gray / "models.csv").write_text("\n".join(l for l in lines if not l.startswith("gan_tconv")) + "\n")
+    (gray / "models.csv").write_text("\n".join(l for l in lines if not l.startswith("toy_gan")) + "\n")
     run(gray, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
-    assert ws.model_names() == ["vae_nearest"]
-    assert not (tmp_path / "ws" / "models" / "gan_tconv").exists()
+    assert ws.model_names() == ["toy_vae"]
+    assert not (tmp_path / "ws" / "models" / "toy_gan").exists()
 
 
 def test_rgb_dataset_and_resized_models(tmp_path):
-    root = make_gm_dataset(tmp_path / "data", channels=3)
-    add_model(root, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(2), 6, 3, 32))  # 32 x 32
+    root = make_gm_dataset(tmp_path / "data", channels=3, bad_file=False)
+    add_model(root, "gan_pixel", PIXEL, blob_images(6, 32, 3, np.random.default_rng(2)))  # 32 x 32
     report = run(root, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
     assert ws.images("gan_pixel").shape == (6, 3, 16, 16)
@@ -117,25 +120,25 @@ def test_rgb_dataset_and_resized_models(tmp_path):
 
 
 def test_bad_files_are_listed_and_the_good_ones_fingerprinted(gray, tmp_path):
-    folder = gray / "models" / "gan_tconv"
-    good = (folder / "0000.png").read_bytes()
+    folder = gray / "models" / "toy_gan"
+    good = (folder / "000.png").read_bytes()
     (folder / "corrupt.png").write_bytes(good[: len(good) // 2])
     (folder / "notes.png").write_text("this is text, not a picture")
     (folder / "huge.png").write_bytes(png_with_size(30000, 30000))
     report = run(gray, tmp_path / "ws")
     reasons = {b.file: b.reason for b in report.bad_files}
-    assert set(reasons) == {"models/gan_tconv/corrupt.png", "models/gan_tconv/notes.png", "models/gan_tconv/huge.png"}
-    assert "truncated" in reasons["models/gan_tconv/corrupt.png"]
-    assert "not an image" in reasons["models/gan_tconv/notes.png"]
-    assert "30000 x 30000" in reasons["models/gan_tconv/huge.png"]
+    assert set(reasons) == {"models/toy_gan/corrupt.png", "models/toy_gan/notes.png", "models/toy_gan/huge.png"}
+    assert "truncated" in reasons["models/toy_gan/corrupt.png"]
+    assert "not an image" in reasons["models/toy_gan/notes.png"]
+    assert "30000 x 30000" in reasons["models/toy_gan/huge.png"]
     ws = assert_readable(tmp_path / "ws")
-    assert len(ws.images("gan_tconv")) == 24
+    assert len(ws.images("toy_gan")) == 24
     assert len(ws.bad_files()) == 3
 
 
 def test_a_crash_between_models_keeps_what_was_finished(gray, tmp_path, monkeypatch):
     run(gray, tmp_path / "ws")
-    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    add_model(gray, "gan_pixel", PIXEL, blob_images(10, 16, 1, np.random.default_rng(9)))
     real_project = pipeline.artifacts.project
     calls = {"n": 0}
 
@@ -149,7 +152,7 @@ def test_a_crash_between_models_keeps_what_was_finished(gray, tmp_path, monkeypa
     with pytest.raises(RuntimeError, match="power cut"):
         run(gray, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
-    assert ws.model_names() == ["gan_tconv", "vae_nearest"]  # the unfinished model is not committed
+    assert ws.model_names() == ["toy_gan", "toy_vae"]  # the unfinished model is not committed
     monkeypatch.setattr(pipeline.artifacts, "project", real_project)
     report = run(gray, tmp_path / "ws")
     assert sorted(report.computed) == ["gan_pixel/freq", "gan_pixel/rgb"]
@@ -158,7 +161,7 @@ def test_a_crash_between_models_keeps_what_was_finished(gray, tmp_path, monkeypa
 def test_a_crash_inside_a_write_leaves_the_previous_workspace_readable(gray, tmp_path, monkeypatch):
     run(gray, tmp_path / "ws")
     manifest_before = (tmp_path / "ws" / "workspace.json").read_bytes()
-    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    add_model(gray, "gan_pixel", PIXEL, blob_images(10, 16, 1, np.random.default_rng(9)))
     real_save = np.save
     calls = {"n": 0}
 
@@ -173,7 +176,7 @@ def test_a_crash_inside_a_write_leaves_the_previous_workspace_readable(gray, tmp
     with pytest.raises(OSError, match="disk full"):
         run(gray, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
-    assert ws.model_names() == ["gan_tconv", "vae_nearest"]
+    assert ws.model_names() == ["toy_gan", "toy_vae"]
     assert not [p for p in (tmp_path / "ws").rglob("*.tmp-*")]  # the half entry was removed
     assert json.loads(manifest_before)["models"].keys() == ws.manifest["models"].keys()
 
@@ -181,7 +184,7 @@ def test_a_crash_inside_a_write_leaves_the_previous_workspace_readable(gray, tmp
 def test_a_crash_while_replacing_the_manifest_keeps_the_old_one(gray, tmp_path, monkeypatch):
     run(gray, tmp_path / "ws")
     before = (tmp_path / "ws" / "workspace.json").read_text()
-    add_model(gray, "gan_pixel", DESIGNS["gan_pixel"], blobs(np.random.default_rng(9), 10, 1, 16))
+    add_model(gray, "gan_pixel", PIXEL, blob_images(10, 16, 1, np.random.default_rng(9)))
 
     def no_replace(src, dst):
         raise OSError("killed before rename")
@@ -200,7 +203,7 @@ def test_dataset_errors_name_the_problem(gray, tmp_path):
 
 
 def test_the_name_real_is_reserved(gray, tmp_path):
-    add_model(gray, REAL, DESIGNS["gan_pixel"], blobs(np.random.default_rng(1), 3, 1, 16))
+    add_model(gray, REAL, PIXEL, blob_images(3, 16, 1, np.random.default_rng(1)))
     with pytest.raises(DatasetError, match="reserved"):
         run(gray, tmp_path / "ws")
 
