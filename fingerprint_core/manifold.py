@@ -363,9 +363,21 @@ def _shift_int8(codes: torch.Tensor) -> torch.Tensor:
 def _int_dots(q: torch.Tensor, rt: torch.Tensor, wide: bool) -> torch.Tensor:
     """q (m x D int8) @ rt (D x n int8), exact: int32, or int64 over slabs when D is large."""
     if not wide:
-        return torch._int_mm(q, rt)
+        return _int_mm(q, rt)
     out = None
     for a in range(0, q.shape[1], 32_768):
-        part = torch._int_mm(q[:, a : a + 32_768].contiguous(), rt[a : a + 32_768]).to(torch.int64)
+        part = _int_mm(q[:, a : a + 32_768].contiguous(), rt[a : a + 32_768].contiguous()).to(torch.int64)
         out = part if out is None else out + part
     return out
+
+
+def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch._int_mm, padded where CUDA's kernel needs it (m > 16, n a multiple of 8); zeros add nothing."""
+    if a.device.type != "cuda":
+        return torch._int_mm(a, b)
+    m, n = a.shape[0], b.shape[1]
+    pm, pn = max(0, 32 - m), (-n) % 8
+    if pm or pn:
+        a = torch.nn.functional.pad(a, (0, 0, 0, pm))
+        b = torch.nn.functional.pad(b, (0, pn))
+    return torch._int_mm(a, b)[:m, :n]
