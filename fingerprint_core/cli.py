@@ -50,6 +50,12 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=pipeline.Progress() if args.quiet else TqdmProgress(),
     )
+    _print_report(report)
+    return 0
+
+
+def _print_report(report) -> None:
+    """Warnings and skipped files on stderr, one summary line on stdout."""
     for w in dict.fromkeys(report.warnings):
         print(f"warning: {w}", file=sys.stderr)
     if report.bad_files:
@@ -60,6 +66,14 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         f"workspace {report.workspace}: computed {len(report.computed)} fingerprint(s), "
         f"reused {len(report.reused)}, skipped {len(report.bad_files)} bad file(s)"
     )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fingerprint_core import demo, pipeline
+
+    report = demo.build(args.workspace, device=args.device, progress=pipeline.Progress() if args.quiet else TqdmProgress())
+    _print_report(report)
+    print(report.workspace)
     return 0
 
 
@@ -106,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of the real split (default 0)")
     f.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     f.set_defaults(run=_cmd_fingerprint)
+
+    d = sub.add_parser("demo", help="build the demo workspace (the shipped zoo against Fashion-MNIST) and print its path")
+    d.add_argument("--workspace", "-w", type=Path, default=None, help="default: <workspace root>/demo in the user cache")
+    d.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    d.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    d.set_defaults(run=_cmd_demo)
 
     i = sub.add_parser("info", help="describe a workspace")
     i.add_argument("workspace", type=Path)
