@@ -1,0 +1,84 @@
+"""Structure metrics and spectra on synthetic fingerprints with known structure."""
+
+import numpy as np
+
+from fingerprint_core.analysis import design, spectra
+
+
+def clustered(n_per=60, levels=("a", "b", "c"), dim=8, spread=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, (len(levels), dim))
+    x = np.concatenate([c + rng.normal(0, spread, (n_per, dim)) for c in centres])
+    y = np.repeat(levels, n_per)
+    return x, y
+
+
+def test_nmi_is_one_for_clusters_that_match_the_labels():
+    x, y = clustered()
+    r = design.nmi(x, y, n_boot=50)
+    assert r.value > 0.99 and r.low > 0.95 and r.low <= r.value <= r.high
+
+
+def test_nmi_is_near_zero_for_random_labels():
+    x, _ = clustered()
+    y = np.random.default_rng(1).choice(["a", "b", "c"], len(x))
+    assert design.nmi(x, y, n_boot=20).value < 0.05
+
+
+def test_silhouette_separates_structure_from_noise():
+    x, y = clustered()
+    assert design.silhouette(x, y) > 0.8
+    noise = np.random.default_rng(2).normal(size=x.shape)
+    assert abs(design.silhouette(noise, y)) < 0.1
+
+
+def test_leave_one_design_out_finds_a_planted_design_signal():
+    # 8 designs x 2 seeds; the factor "up" (two levels) shifts the fingerprint along one axis
+    rng = np.random.default_rng(3)
+    feats, labels, designs, models = [], [], [], []
+    for d in range(8):
+        level = "tconv" if d % 2 else "nearest"
+        for s in range(2):
+            x = rng.normal(0, 1, (40, 6))
+            x[:, 0] += 4 if level == "tconv" else -4
+            x[:, 1:] += rng.normal(0, 3, 5)  # a per-model offset that carries no design signal
+            feats.append(x)
+            labels += [level] * 40
+            designs += [f"d{d}"] * 40
+            models += [f"d{d}-s{s}"] * 40
+    r = design.leave_one_design_out(np.concatenate(feats), np.array(labels), np.array(designs), np.array(models), factor="up")
+    assert len(r.folds) == 8 and all(len(f.models) == 2 for f in r.folds)
+    assert r.accuracy > 0.95 and r.vote_accuracy == 1.0
+    assert r.chance < 0.6  # balanced levels: the majority answer is right about half the time
+    # without the signal the classifier is no better than chance
+    shuffled = np.concatenate(feats)
+    shuffled[:, 0] = rng.normal(0, 1, len(shuffled))
+    r0 = design.leave_one_design_out(shuffled, np.array(labels), np.array(designs), np.array(models))
+    assert r0.accuracy < 0.8
+
+
+def test_a_checkerboard_artifact_peaks_at_the_nyquist_frequency():
+    n, h = 20, 32
+    checker = ((np.indices((h, h)).sum(0) % 2) * 2 - 1).astype(np.float32) * 0.05
+    rng = np.random.default_rng(4)
+    arts = checker[None, None] + rng.normal(0, 0.005, (n, 1, h, h)).astype(np.float32)
+    images = np.full((n, 1, h, h), 128, np.uint8)
+    s = spectra.model_spectra(images, arts.reshape(n, -1))
+    assert np.unravel_index(np.argmax(s.artifact), s.artifact.shape) == (0, 0)  # (Nyquist, Nyquist)
+    profile = s.artifact_profile
+    assert np.argmax(profile) == len(profile) - 1  # the outermost ring: the corner frequency
+
+
+def test_spectra_difference_from_the_real_control():
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (10, 1, 16, 16), dtype=np.uint8)
+    real = spectra.model_spectra(images, rng.normal(0, 0.01, (10, 256)))
+    same = spectra.difference(real, real)
+    assert np.allclose(same.artifact, 0) and np.allclose(same.sample_profile, 0)
+    loud = spectra.model_spectra(images, rng.normal(0, 0.1, (10, 256)))
+    assert (spectra.difference(loud, real).artifact_profile > 0).all()  # 10x the amplitude everywhere
+
+
+def test_azimuthal_average_of_a_constant_is_that_constant():
+    prof = spectra.azimuthal_average(np.full((8, 8), 3.0))
+    assert np.allclose(prof, 3.0) and len(prof) == int(np.rint(np.hypot(4, 4))) + 1
