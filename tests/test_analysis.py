@@ -1,6 +1,7 @@
 """Structure metrics and spectra on synthetic fingerprints with known structure."""
 
 import numpy as np
+import pytest
 
 from fingerprint_core.analysis import design, spectra
 
@@ -82,3 +83,18 @@ def test_spectra_difference_from_the_real_control():
 def test_azimuthal_average_of_a_constant_is_that_constant():
     prof = spectra.azimuthal_average(np.full((8, 8), 3.0))
     assert np.allclose(prof, 3.0) and len(prof) == int(np.rint(np.hypot(4, 4))) + 1
+
+
+@pytest.mark.slow  # numba compiles UMAP on first use
+def test_umap_is_reproducible_with_its_seed_and_keeps_clusters_apart():
+    from fingerprint_core.analysis import fingerprint_map
+
+    x, y = clustered(n_per=80, dim=60)
+    reduced = fingerprint_map.reduce(x, n_components=20)
+    assert reduced.shape == (240, 20)
+    a = fingerprint_map.umap_2d(reduced, seed=3)
+    b = fingerprint_map.umap_2d(reduced, seed=3)
+    assert a.shape == (240, 2) and np.array_equal(a, b)
+    cents = fingerprint_map.centroids(a, y)
+    assert list(cents["model"]) == ["a", "b", "c"] and (cents["n"] == 80).all()
+    assert design.silhouette(a, y) > 0.5
