@@ -8,10 +8,7 @@ interrupted run keeps everything it finished.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,17 +84,6 @@ def fixed_real(reference: np.ndarray, heldout: np.ndarray, *, key: str, origin: 
     return RealSet(reference, heldout, table, key, origin)
 
 
-@contextlib.contextmanager
-def _locked(ws: Workspace) -> Iterator[None]:
-    """One writer at a time per workspace."""
-    with open(ws.path / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise datasets.DatasetError(f"workspace {ws.path} is being written by another run") from None
-        yield
-
-
 def fingerprint(
     data_root: str | os.PathLike,
     workspace: str | os.PathLike,
@@ -118,7 +104,7 @@ def fingerprint(
     ws = Workspace.open_or_create(workspace)
     report = Report(ws.path, warnings=list(ds.warnings))
     space_objs = [spaces.get(s, device=device, batch_size=batch_size) for s in space_names]
-    with _locked(ws):
+    with ws.writing():
         if real is None:
             real = _read_real(ds, holdout=holdout, seed=seed, progress=progress, report=report)
         shape = tuple(int(v) for v in real.reference.shape[1:])

@@ -23,13 +23,16 @@ names, intact. Directories no manifest names are removed on the next commit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -203,8 +206,14 @@ class Workspace:
             raise KeyError(f"no {space} fingerprint for {model!r} in workspace {self.path}") from None
 
     # ---- writing ---------------------------------------------------------------------------
-    def write_entry(self, rel: str, arrays: dict[str, np.ndarray], tables: dict[str, pd.DataFrame] | None = None) -> str:
-        """Write arrays (.npy) and tables (.parquet) as the directory rel, atomically; returns rel."""
+    def write_entry(
+        self,
+        rel: str,
+        arrays: dict[str, np.ndarray],
+        tables: dict[str, pd.DataFrame] | None = None,
+        files: dict[str, bytes] | None = None,
+    ) -> str:
+        """Write arrays (.npy), tables (.parquet) and files as the directory rel, atomically; returns rel."""
         final = self.path / rel
         if final.is_dir():  # same key: the same content is already complete
             return rel
@@ -219,6 +228,8 @@ class Workspace:
                     os.fsync(f.fileno())
             for name, df in (tables or {}).items():
                 df.to_parquet(tmp / name, index=False)
+            for name, data in (files or {}).items():
+                (tmp / name).write_bytes(data)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -237,6 +248,17 @@ class Workspace:
             atomic_write_bytes(self.path / rel, data)
         return rel
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the workspace's writer lock (one writer at a time; readers never wait)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise WorkspaceError(f"workspace {self.path} is being written by another run") from None
+            yield
+
     def commit(self) -> None:
         """Make the manifest the workspace's state (atomic), then drop what it no longer names."""
         self.manifest["updated"] = _now()
@@ -252,6 +274,8 @@ class Workspace:
             named.add(m["design"])
         if m.get("real"):
             named.add(m["real"]["dir"])
+        if m.get("analysis"):
+            named.add(m["analysis"]["dir"])
         named |= {s["dir"] for s in m.get("spaces", {}).values()}
         for e in m.get("models", {}).values():
             named.add(e["images"]["dir"])

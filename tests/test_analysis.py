@@ -98,3 +98,31 @@ def test_umap_is_reproducible_with_its_seed_and_keeps_clusters_apart():
     cents = fingerprint_map.centroids(a, y)
     assert list(cents["model"]) == ["a", "b", "c"] and (cents["n"] == 80).all()
     assert design.silhouette(a, y) > 0.5
+
+
+@pytest.mark.slow
+def test_analyze_caches_in_the_workspace_and_prints_the_json_contract(gray_workspace_root, tmp_path, capsys):
+    import json
+    import shutil
+
+    from fingerprint_core.analysis.run import Analysis, analyze
+    from fingerprint_core.cli import main
+    from fingerprint_core.workspace import Workspace
+
+    ws_path = tmp_path / "ws"
+    shutil.copytree(gray_workspace_root / "gm-gray", ws_path)
+    ws = Workspace.open(ws_path)
+    assert Analysis.load(ws) is None
+    metrics = analyze(ws)
+    # two toy models, one with a checkerboard, one blurred: their fingerprints separate
+    assert metrics["nmi"]["freq"]["family"] > 0.9  # the checkerboard is one frequency
+    assert metrics["lomo"]["freq"]["family"]["accuracy"] is None  # two designs: nothing to learn from when one is out
+    assert set(metrics["nmi"]) == {"rgb", "freq"}
+    loaded = Analysis.load(Workspace.open(ws_path))
+    fmap = loaded.fingerprint_map("rgb")
+    assert set(fmap["model"]) == {"toy_gan", "toy_vae", "real"} and len(fmap) == 24 + 24 + 30
+    assert loaded.spectra("toy_gan").artifact.shape == (16, 16)
+    assert main(["analyze", str(ws_path), "--json"]) == 0  # cached: returns at once
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"nmi", "silhouette", "lomo"}
+    assert isinstance(out["nmi"]["freq"]["upsampling"], float)

@@ -1,0 +1,167 @@
+"""`manifpt analyze`: the fingerprint map, spectra and design-choice metrics of a workspace,
+computed once and cached in it (keyed by the fingerprints they were made from)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fingerprint_core.analysis import design, fingerprint_map, spectra
+from fingerprint_core.pipeline import Progress
+from fingerprint_core.workspace import REAL, Workspace, key_of
+
+ANALYSIS_VERSION = "analysis-v1"
+NOT_FACTORS = {"model", "seed"}  # identifiers of a model, not design choices
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every choice that changes a number (part of the cache key)."""
+
+    seed: int = 0
+    pca_components: int = 50
+    metric_samples_per_model: int = 300  # per-sample rows per model for NMI / silhouette / LOMO
+    umap_neighbors: int = 15
+    umap_min_dist: float = 0.1
+    kmeans_restarts: int = 10
+    bootstrap: int = 200
+
+
+def factors(table: pd.DataFrame) -> list[str]:
+    """Design columns to test: every column but identifiers, with at least two levels."""
+    return [c for c in table.columns if c not in NOT_FACTORS and table[c].nunique() >= 2]
+
+
+def _fingerprints(ws: Workspace, space: str, models: list[str], per_model: int | None, seed: int):
+    """Stacked float32 artifacts of the models (optionally a seeded subsample each) and their rows."""
+    rng = np.random.default_rng(seed)
+    parts, rows = [], []
+    for m in models:
+        a = ws.artifacts(m, space)
+        idx = np.arange(len(a)) if per_model is None or len(a) <= per_model else np.sort(rng.choice(len(a), per_model, replace=False))
+        parts.append(np.asarray(a[idx], dtype=np.float32))
+        rows.append(pd.DataFrame({"model": m, "index": idx}))
+    return np.concatenate(parts), pd.concat(rows, ignore_index=True)
+
+
+def design_metrics(ws: Workspace, space: str, s: Settings) -> dict:
+    """NMI (with interval), silhouette and leave-one-design-out accuracy for every factor."""
+    table = ws.design().astype(str)
+    table = table[table["model"].isin(ws.model_names()) & (table["model"] != REAL)]
+    facs = factors(table)
+    feats, rows = _fingerprints(ws, space, list(table["model"]), s.metric_samples_per_model, s.seed)
+    reduced = fingerprint_map.reduce(feats, n_components=s.pca_components, seed=s.seed)
+    per_sample = rows.merge(table, on="model", how="left")
+    design_id = per_sample[facs].agg("|".join, axis=1).to_numpy()  # same choices = same design, any seed
+    out: dict = {"nmi": {}, "silhouette": {}, "lomo": {}}
+    groups = [(f, np.ones(len(per_sample), bool)) for f in facs]
+    if "family" in table and "loss" in facs and (table["family"] == "gan").sum() >= 2:
+        groups.append(("loss (gan)", (per_sample["family"] == "gan").to_numpy()))  # loss is nested in family
+    for name, keep in groups:
+        col = name.split(" ")[0]
+        labels = per_sample[col].to_numpy()[keep]
+        if len(np.unique(labels)) < 2:
+            continue
+        x = reduced[keep]
+        r = design.nmi(x, labels, seed=s.seed, restarts=s.kmeans_restarts, n_boot=s.bootstrap)
+        out["nmi"][name] = {"value": r.value, "low": r.low, "high": r.high, "levels": int(len(np.unique(labels)))}
+        out["silhouette"][name] = design.silhouette(x, labels, seed=s.seed)
+        lodo = design.leave_one_design_out(x, labels, design_id[keep], per_sample["model"].to_numpy()[keep], factor=name, seed=s.seed)
+        out["lomo"][name] = {
+            "accuracy": lodo.accuracy,
+            "chance": lodo.chance,
+            "vote_accuracy": lodo.vote_accuracy,
+            "folds": [f.__dict__ for f in lodo.folds],
+        }
+    return out
+
+
+def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progress | None = None, force: bool = False) -> dict:
+    """Compute (or reuse) every analysis of the workspace; returns the metrics summary."""
+    s = settings or Settings()
+    progress = progress or Progress()
+    spaces = [sp for sp in ws.space_names() if all(ws.has(m, sp) for m in ws.model_names(include_real=True))]
+    sources = {m: {sp: ws.manifest["models"][m]["spaces"][sp]["key"] for sp in spaces} for m in ws.model_names(include_real=True)}
+    key = key_of(ANALYSIS_VERSION, s.__dict__, sources, ws.manifest.get("design"))
+    cached = ws.manifest.get("analysis")
+    if cached and cached.get("key") == key and not force:
+        return json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
+    models = ws.model_names(include_real=True)
+    arrays: dict[str, np.ndarray] = {"models.npy": np.array(models)}
+    metrics: dict = {"settings": s.__dict__, "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}, "detail": {}}
+    bar = progress.task("analysis", 2 * len(spaces) + 1)
+    for sp in spaces:
+        feats, rows = _fingerprints(ws, sp, models, None, s.seed)
+        reduced = fingerprint_map.reduce(feats, n_components=s.pca_components, seed=s.seed)
+        arrays[f"umap_{sp}.npy"] = fingerprint_map.umap_2d(reduced, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
+        arrays[f"umap_{sp}_model.npy"] = rows["model"].map({m: i for i, m in enumerate(models)}).to_numpy(np.int32)
+        arrays[f"umap_{sp}_index.npy"] = rows["index"].to_numpy(np.int64)
+        bar.update()
+        d = design_metrics(ws, sp, s)
+        metrics["nmi"][sp] = {f: v["value"] for f, v in d["nmi"].items()}
+        metrics["silhouette"][sp] = d["silhouette"]
+        metrics["lomo"][sp] = {f: {"accuracy": v["accuracy"], "chance": v["chance"]} for f, v in d["lomo"].items()}
+        metrics["detail"][sp] = d
+        bar.update()
+    if "rgb" in spaces:  # per model, stacked in the order of models.npy
+        per_model = [spectra.model_spectra(np.asarray(ws.images(m)), ws.artifacts(m, "rgb")) for m in models]
+        for part in ("artifact", "sample", "artifact_profile", "sample_profile"):
+            arrays[f"spectra_{part}.npy"] = np.stack([getattr(x, part) for x in per_model]).astype(np.float32)
+    bar.update()
+    bar.close()
+    metrics = _json_safe(metrics)
+    payload = json.dumps(metrics, indent=1).encode()
+    with ws.writing():
+        rel = ws.write_entry(f"analysis-{key}", arrays, files={"metrics.json": payload})
+        ws.manifest["analysis"] = {"key": key, "dir": rel}
+        ws.commit()
+    return metrics
+
+
+def _json_safe(obj):
+    """Plain JSON: numpy scalars to Python, NaN (a metric with nothing to measure) to null."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+@dataclass
+class Analysis:
+    """The cached analysis of a workspace, read back (memory-mapped arrays)."""
+
+    path: object
+    metrics: dict
+    models: list[str]
+
+    @classmethod
+    def load(cls, ws: Workspace) -> "Analysis | None":
+        """The workspace's analysis, or None when `manifpt analyze` has not run (or is stale)."""
+        entry = ws.manifest.get("analysis")
+        if not entry:
+            return None
+        d = ws.path / entry["dir"]
+        return cls(d, json.loads((d / "metrics.json").read_text()), [str(m) for m in np.load(d / "models.npy")])
+
+    def _npy(self, name: str) -> np.ndarray:
+        return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+
+    def fingerprint_map(self, space: str) -> pd.DataFrame:
+        """One row per sample: model, index (into the model's samples), x, y."""
+        xy = self._npy(f"umap_{space}")
+        model = np.asarray(self.models)[self._npy(f"umap_{space}_model")]
+        return pd.DataFrame({"model": model, "index": self._npy(f"umap_{space}_index"), "x": xy[:, 0], "y": xy[:, 1]})
+
+    def spectra(self, model: str) -> spectra.ModelSpectra:
+        i = self.models.index(model)
+        return spectra.ModelSpectra(*(np.asarray(self._npy(f"spectra_{p}")[i]) for p in ("artifact", "sample", "artifact_profile", "sample_profile")))
