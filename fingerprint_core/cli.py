@@ -77,6 +77,26 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from fingerprint_core.analysis.run import analyze
+    from fingerprint_core.workspace import Workspace
+
+    metrics = analyze(Workspace.open(args.workspace), progress=TqdmProgress(args.json or args.quiet), force=args.force)
+    if args.json:
+        print(json.dumps({k: metrics[k] for k in ("nmi", "silhouette", "lomo")}, indent=1))
+        return 0
+    for space in metrics["spaces"]:
+        print(f"\n{space}: factor, NMI, silhouette, leave-one-design-out accuracy (chance)")
+        for factor, nmi in metrics["nmi"][space].items():
+            lomo = metrics["lomo"][space].get(factor, {})
+            cells = [nmi, metrics["silhouette"][space].get(factor), lomo.get("accuracy"), lomo.get("chance")]
+            a, b, c, d = (f"{v:.3f}" if v is not None else "-" for v in cells)
+            print(f"  {factor:20} {a:>6} {b:>8} {c:>8} ({d})")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from fingerprint_core.workspace import Workspace
 
@@ -105,6 +125,173 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_zoo_build(args: argparse.Namespace) -> int:
+    import os
+
+    # Before torch loads OpenMP: spinning waits made 2 threads 3-4x slower than 1 on a machine shared
+    # with other jobs; passive waits made them 2.2x faster than 1 (GAN step, measured here).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from fingerprint_core import spaces
+    from fingerprint_core.zoo import build
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    encoder = args.encoder or (spaces.default_weights("sl") if spaces.default_weights("sl").is_file() else None)
+    try:
+        report = build.build(args.plan, args.out, device=args.device, threads=args.threads, only=only,
+                             checkpoint_every_s=args.checkpoint_minutes * 60, n_samples=args.samples,
+                             coverage=not args.no_coverage, progress=not args.quiet, encoder=encoder)
+    except KeyboardInterrupt:
+        print("interrupted: finished models are kept; a re-run resumes from the last checkpoint", file=sys.stderr)
+        return 130
+    print(f"zoo {args.out}: finished {len(report.finished)}, skipped {len(report.skipped)} already finished, "
+          f"stopped {len(report.stopped)}" + ("" if encoder else "; quality pending (no SL encoder)"))
+    return 0
+
+
+def _cmd_zoo_status(args: argparse.Namespace) -> int:
+    from fingerprint_core.zoo import build
+
+    table = build.status(args.out)
+    fmt = {c: (lambda v: "-" if v != v else f"{v:.3f}") for c in ("precision", "recall")}
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}", na_rep="-", formatters=fmt))
+    counts = table["state"].value_counts()
+    print(f"\n{counts.get('finished', 0)} finished, {counts.get('training', 0)} training, "
+          f"{counts.get('pending', 0)} pending of {len(table)}; plan estimate {table['est_minutes'].sum() / 60:.2f} h "
+          f"(2 CPU threads), about {table['left_minutes'].sum() / 60:.2f} h left")
+    return 0
+
+
+def _cmd_zoo_evaluate(args: argparse.Namespace) -> int:
+    from fingerprint_core.zoo import evaluate
+
+    table = evaluate.evaluate(args.out, encoder=args.encoder, device=args.device)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    failing = table[~table["passes"].astype(bool)]
+    if len(failing):
+        print(f"{len(failing)} model(s) below precision 0.3 / recall 0.1: {', '.join(failing['model'])}", file=sys.stderr)
+    return 0
+
+
+def _add_zoo_commands(sub) -> None:
+    """`manifpt zoo build | status | evaluate`."""
+    z = sub.add_parser("zoo", help="train and inspect the demo zoo of generative models")
+    zsub = z.add_subparsers(dest="zoo_command", required=True)
+    b = zsub.add_parser("build", help="train the models of a plan (resumable: re-run after a stop)")
+    b.add_argument("--plan", type=Path, required=True, help="plan csv (e.g. assets/zoo/plan.csv)")
+    b.add_argument("--out", type=Path, required=True, help="output folder (models/, checkpoints/, build.log)")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--only", default=None, help="comma-separated model names to train (default: all)")
+    b.add_argument("--checkpoint-minutes", type=float, default=3.0, help="minutes between checkpoints (default 3)")
+    b.add_argument("--samples", type=int, default=2000, help="samples saved per model (default 2000)")
+    b.add_argument("--encoder", type=Path, default=None,
+                   help="SL encoder weights to measure quality as models finish (default: the SL space's, if present)")
+    b.add_argument("--no-coverage", action="store_true", help="accept a plan that misses the demo's coverage rules")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    b.set_defaults(run=_cmd_zoo_build)
+    s = zsub.add_parser("status", help="per model: finished / training / pending, time spent and left")
+    s.add_argument("--out", type=Path, required=True)
+    s.set_defaults(run=_cmd_zoo_status)
+    e = zsub.add_parser("evaluate", help="FID, precision, recall of the finished models in the SL space")
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--encoder", type=Path, default=None, help="SL encoder weights (default: the SL space's)")
+    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.set_defaults(run=_cmd_zoo_evaluate)
+
+
+class _TrainingProgress(TqdmProgress):
+    """Step bars (redrawn once a minute when stderr is a log file) and one line per epoch, even with --quiet."""
+
+    def task(self, desc: str, total: int) -> "_TrainingProgress":
+        from tqdm import tqdm
+
+        child = _TrainingProgress(self.quiet)
+        child._bar = tqdm(total=total, desc=desc, unit="step", disable=self.quiet, leave=False, file=sys.stderr,
+                          mininterval=0.1 if sys.stderr.isatty() else 60)
+        return child
+
+    def log(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _parse_epochs(text: str | None, kinds: list[str]) -> dict[str, int]:
+    """`--epochs 20` (every kind) or `--epochs sl=15,ssl=20`."""
+    if not text:
+        return {}
+    try:
+        if "=" not in text:
+            return {k: int(text) for k in kinds}
+        pairs = dict(item.split("=", 1) for item in text.split(",") if item.strip())
+        return {k.strip().lower(): int(v) for k, v in pairs.items()}
+    except ValueError:
+        raise ValueError(f"--epochs {text!r}: expected a number or kind=number pairs, e.g. sl=15,ssl=20") from None
+
+
+def _cmd_encoders_train(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from fingerprint_core import encoder_training
+
+    if (args.data_root is None) == (not args.fashion_mnist):
+        raise ValueError("give either DATA_ROOT (a GM dataset with real/) or --fashion-mnist (the demo pair)")
+    kinds = [k.strip().lower() for k in args.kind.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in encoder_training.KINDS]
+    if unknown or not kinds:
+        raise ValueError(f"--kind {args.kind!r}: choose from {', '.join(encoder_training.KINDS)}")
+    epochs = _parse_epochs(args.epochs, kinds)
+    if set(epochs) - set(encoder_training.KINDS) or min(epochs.values(), default=1) < 1:
+        raise ValueError(f"--epochs {args.epochs!r}: epochs of sl and ssl, each at least 1 (e.g. sl=15,ssl=20)")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = args.out if args.out is not None else (None if args.fashion_mnist else args.data_root / "encoders")
+    if out is None:
+        raise ValueError("--fashion-mnist needs --out DIR (the demo's pair lives in assets/encoders)")
+    # the card records the command that reproduces the run, every setting spelled out
+    words = ["manifpt", "encoders", "train"] + (["--fashion-mnist"] if args.fashion_mnist else [str(args.data_root)])
+    words += ["--out", str(out), "--kind", ",".join(kinds)]
+    words += ["--epochs", ",".join(f"{k}={epochs.get(k, encoder_training.PRESETS[k].epochs)}" for k in kinds)]
+    words += ["--seed", str(args.seed), "--device", args.device, "--threads", str(torch.get_num_threads())]
+    common = dict(kinds=tuple(kinds), epochs=epochs, seed=args.seed, device=args.device, max_steps=args.max_steps,
+                  overwrite=args.force, command=" ".join(shlex.quote(w) for w in words),
+                  progress=_TrainingProgress(args.quiet))
+    try:
+        if args.fashion_mnist:
+            done = encoder_training.train_fashion_mnist(out, **common)
+        else:
+            done = encoder_training.train_dataset(args.data_root, out, **common)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    for kind in kinds:
+        print(f"{kind}: {done.get(kind) or 'not written (see the messages above)'}")
+    if any(done.values()) and not args.fashion_mnist:
+        print(f"use them: MANIFPT_ENCODERS={shlex.quote(str(out))} manifpt fingerprint {shlex.quote(str(args.data_root))} "
+              f"--workspace WS --spaces {','.join(['rgb', 'freq'] + [k for k in kinds if done.get(k)])}")
+    return 0
+
+
+def _add_encoders_commands(sub) -> None:
+    """`manifpt encoders train`: the SL / SSL encoders of a dataset, or the demo's on Fashion-MNIST."""
+    enc = sub.add_parser("encoders", help="train the encoders of the learned spaces (SL, SSL)")
+    esub = enc.add_subparsers(dest="encoders_command", required=True)
+    t = esub.add_parser("train", help="train an SL / SSL pair on real images (resumable: rerun after a stop)")
+    t.add_argument("data_root", type=Path, nargs="?", default=None,
+                   help="GM dataset: trains on real/ (SL needs real/labels.csv with file,label)")
+    t.add_argument("--fashion-mnist", action="store_true", help="train the demo pair on Fashion-MNIST instead")
+    t.add_argument("--out", type=Path, default=None, help="output folder (default: DATA_ROOT/encoders)")
+    t.add_argument("--kind", default="sl,ssl", help="comma-separated: sl, ssl (default: both)")
+    t.add_argument("--epochs", default=None, help="epochs: N for every kind, or sl=N,ssl=M (default: sl=15,ssl=20)")
+    t.add_argument("--seed", type=int, default=0, help="seed of weights, batches and augmentations (default 0)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (checkpointed); rerun to go on")
+    t.add_argument("--force", action="store_true", help="retrain kinds whose weights already exist in --out")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bars (the per-epoch lines still print)")
+    t.set_defaults(run=_cmd_encoders_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="manifpt", description="Fingerprints of generative image models (ManiFPT).")
     p.add_argument("--version", action="version", version=f"manifpt {__version__}")
@@ -127,9 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     d.set_defaults(run=_cmd_demo)
 
+    a = sub.add_parser("analyze", help="fingerprint map, spectra and design-choice metrics of a workspace (cached in it)")
+    a.add_argument("workspace", type=Path)
+    a.add_argument("--json", action="store_true", help="print the metrics as JSON: nmi, silhouette, lomo")
+    a.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
+    a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    a.set_defaults(run=_cmd_analyze)
+
     i = sub.add_parser("info", help="describe a workspace")
     i.add_argument("workspace", type=Path)
     i.set_defaults(run=_cmd_info)
+
+    _add_zoo_commands(sub)
+    _add_encoders_commands(sub)
     return p
 
 

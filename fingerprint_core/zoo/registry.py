@@ -1,0 +1,148 @@
+"""The zoo's families: design row -> generator or trainer, sampling, and weights with their design."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fingerprint_core.zoo import diffusion, gan, layers, vae
+from fingerprint_core.zoo.trainer import Trainer
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family accepts, its architecture defaults, and how to build its generator and trainer."""
+
+    name: str
+    upsampling: tuple[str, ...]
+    loss: tuple[str, ...]
+    normalization: tuple[str, ...]
+    make_generator: Callable[[dict], nn.Module]
+    make_trainer: Callable[[nn.Module, dict, torch.device], Trainer]
+    defaults: dict = field(default_factory=dict)  # architecture arguments a plan row may override
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "gan", layers.UPSAMPLING, gan.LOSSES, gan.NORMALIZATION,
+            lambda d: gan.build_generator(upsampling=d["upsampling"], normalization=d["normalization"],
+                                          width=d["width"], z_dim=d["z_dim"]),
+            lambda g, d, dev: gan.GANTrainer(g, loss=d["loss"], width=d["width"], device=dev),
+            {"width": 48, "z_dim": 128},
+        ),
+        Family(
+            "vae", layers.UPSAMPLING, vae.LOSSES, vae.NORMALIZATION,
+            lambda d: vae.build_generator(upsampling=d["upsampling"], normalization=d["normalization"],
+                                          width=d["width"], z_dim=d["z_dim"]),
+            lambda g, d, dev: vae.VAETrainer(g, width=d["width"], device=dev, sigma=d["sigma"] or None),
+            {"width": 48, "z_dim": 16, "sigma": 0.5},  # sigma 0: calibrated (batch RMSE); see vae.VAE
+        ),
+        Family(
+            "diffusion", layers.UPSAMPLING, diffusion.LOSSES, diffusion.NORMALIZATION,
+            lambda d: diffusion.build_generator(upsampling=d["upsampling"], normalization=d["normalization"],
+                                                width=d["width"], steps=d["sampling_steps"]),
+            lambda g, d, dev: diffusion.DiffusionTrainer(g, device=dev),
+            {"width": 32, "sampling_steps": 50},
+        ),
+    )
+}
+DESIGN_KEYS = ("family", "upsampling", "loss", "normalization")
+
+
+def family(name: str) -> Family:
+    """The family called name; an unknown one fails with the list of valid ones."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; valid: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def check_design(design: dict) -> list[str]:
+    """Problems with a design row's family/upsampling/loss/normalization (empty when it is valid)."""
+    missing = [k for k in DESIGN_KEYS if k not in design]
+    if missing:
+        return [f"missing {', '.join(missing)}"]
+    if design["family"] not in FAMILIES:
+        return [f"family={design['family']!r} is not one of {', '.join(FAMILIES)}"]
+    fam = FAMILIES[design["family"]]
+    return [
+        f"{key}={design[key]!r} is not one of {', '.join(getattr(fam, key))} for family {fam.name}"
+        for key in DESIGN_KEYS[1:]
+        if design[key] not in getattr(fam, key)
+    ]
+
+
+def generator_config(design: dict) -> dict:
+    """The design plus the family's architecture defaults: all that rebuilds the generator."""
+    problems = check_design(design)
+    if problems:
+        raise ValueError("; ".join(problems))
+    fam = FAMILIES[design["family"]]
+    config = {k: str(design[k]) for k in DESIGN_KEYS}
+    for key, default in fam.defaults.items():
+        value = design.get(key)
+        # plan rows read from csv carry NaN/"" for an empty cell: that means "the default"
+        empty = value is None or value == "" or (isinstance(value, float) and np.isnan(value))
+        config[key] = type(default)(default if empty else value)
+    return config
+
+
+def build_generator(design: dict) -> nn.Module:
+    """The untrained generator of a design row: noise (N, *latent_shape) -> (N, 1, 32, 32) in [-1, 1]."""
+    config = generator_config(design)
+    return FAMILIES[config["family"]].make_generator(config)
+
+
+def build_trainer(design: dict, device: torch.device | str = "cpu") -> Trainer:
+    """A fresh trainer for a design row (its generator built by build_generator), on device."""
+    config = generator_config(design)
+    device = torch.device(device)
+    return FAMILIES[config["family"]].make_trainer(build_generator(config), config, device)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8 pixel codes round((x + 1) * 127.5)."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, n: int, *, seed: int, batch_size: int = 250) -> np.ndarray:
+    """n uint8 samples (n, 32, 32) of a generator from seeded noise; the same seed, the same images."""
+    device = next(model.parameters()).device
+    rng = torch.Generator(device=device).manual_seed(int(seed))
+    model.eval()
+    out = []
+    for start in range(0, n, batch_size):
+        noise = torch.randn((min(batch_size, n - start), *model.latent_shape), generator=rng, device=device)
+        out.append(to_uint8(model(noise))[:, 0].cpu().numpy())  # (B, 32, 32)
+    return np.concatenate(out) if out else np.zeros((0, 32, 32), np.uint8)
+
+
+def save_generator(model: nn.Module, config: dict, path: str | os.PathLike, **info: str) -> None:
+    """Write a generator's weights with its config (and any string info) in the metadata, atomically."""
+    meta = {"config": json.dumps(config, sort_keys=True), **{k: str(v) for k, v in info.items()}}
+    tmp = f"{path}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_generator(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild a generator from its safetensors file (no pickle); returns (model in eval mode, metadata)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    if "config" not in meta:
+        raise ValueError(f"{path}: no generator config in the safetensors metadata")
+    config = json.loads(meta["config"])
+    model = build_generator(config)
+    model.load_state_dict(load_file(str(path)))
+    meta["config"] = config
+    return model.to(device).eval(), meta
