@@ -119,6 +119,7 @@ def fingerprint(
             "real_origin": real.origin,
         }
         _store_design(ws, ds.design)
+        _store_quality(ws, ds.root / "quality.csv")
         manifolds = {s.name: _manifold(ws, s, real, device, progress) for s in space_objs}
         ws.commit()
 
@@ -164,6 +165,17 @@ def _store_design(ws: Workspace, design: pd.DataFrame) -> None:
     real_row.update({"model": REAL, "family": "real", "upsampling": "none", "loss": "none", "normalization": "none"})
     table = pd.concat([design, pd.DataFrame([real_row])], ignore_index=True)
     ws.manifest["design"] = ws.write_table("design", table.astype(str))
+
+
+def _store_quality(ws: Workspace, path: Path) -> None:
+    """An optional quality.csv beside models.csv (model, fid, precision, recall, ...): shown, never a factor."""
+    if not path.is_file():
+        ws.manifest.pop("quality", None)
+        return
+    table = pd.read_csv(path)
+    if "model" not in table.columns:
+        raise datasets.DatasetError(f"{path} has no column 'model'")
+    ws.manifest["quality"] = ws.write_table("quality", table)
 
 
 def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, progress: Progress) -> Manifold:

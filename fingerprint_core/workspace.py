@@ -168,6 +168,11 @@ class Workspace:
             return self.reference_images()
         return self._npy(self.manifest["spaces"][space]["dir"], "reference.npy")
 
+    def quality(self) -> pd.DataFrame:
+        """Per-model quality figures shipped with the dataset (e.g. the zoo's FID, precision, recall)."""
+        f = self.manifest.get("quality")
+        return pd.read_parquet(self.path / f) if f else pd.DataFrame(columns=["model"])
+
     def n_images(self, model: str) -> int:
         return int(self._model(model)["images"]["n"])
 
@@ -177,6 +182,10 @@ class Workspace:
         models = self.manifest.get("models", {})
         table["samples"] = [models.get(m, {}).get("images", {}).get("n", 0) for m in table["model"]]
         table["skipped files"] = [len(models.get(m, {}).get("bad_files", [])) for m in table["model"]]
+        quality = self.quality()
+        shown = [c for c in ("fid", "precision", "recall") if c in quality.columns]
+        if shown:
+            table = table.merge(quality[["model", *shown]], on="model", how="left")
         for space in self.space_names():
             table[f"mean d² {space}"] = [
                 float(np.mean(self.distance(m, space), dtype=np.float64)) if self.has(m, space) and models[m]["images"]["n"] else np.nan
@@ -270,8 +279,9 @@ class Workspace:
     def _named(self) -> set[str]:
         m = self.manifest
         named = {MANIFEST, ".lock"}
-        if m.get("design"):
-            named.add(m["design"])
+        for table in ("design", "quality"):
+            if m.get(table):
+                named.add(m[table])
         if m.get("real"):
             named.add(m["real"]["dir"])
         if m.get("analysis"):

@@ -215,3 +215,14 @@ def test_a_non_workspace_folder_is_never_overwritten(gray, tmp_path):
     with pytest.raises(workspace.WorkspaceError, match="non-empty"):
         run(gray, target)
     assert (target / "thesis.tex").exists()
+
+
+def test_quality_figures_beside_models_csv_reach_the_summary(gray, tmp_path):
+    (gray / "quality.csv").write_text("model,fid,precision,recall,k\ntoy_gan,12.5,0.8,0.4,3\n")
+    run(gray, tmp_path / "ws")
+    summary = Workspace.open(tmp_path / "ws").summary().set_index("model")
+    assert summary.loc["toy_gan", "fid"] == 12.5 and summary.loc["toy_gan", "recall"] == 0.4
+    assert np.isnan(summary.loc["toy_vae", "precision"]) and "k" not in summary.columns
+    (gray / "quality.csv").unlink()
+    run(gray, tmp_path / "ws")
+    assert "fid" not in Workspace.open(tmp_path / "ws").summary().columns
