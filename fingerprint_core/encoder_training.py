@@ -457,7 +457,7 @@ def write_card(weights: str | os.PathLike) -> Path:
         f"widths {', '.join(map(str, enc.widths))}; {readout}; head: {head}. "
         f"Input: pixels / 255, normalised by mean {enc.mean}, std {enc.std}.",
         f"- Cost per {enc.image_size} x {enc.image_size} image: {macs / 1e6:.2f} M multiply-adds "
-        f"({2 * macs / 1e6:.1f} MFLOPs, convolutions and linear layers); "
+        f"({2 * macs / 1e6:.1f} MFLOPs: the convolutions and linear layers of the features path); "
         f"{encoders.num_params(model) / 1e3:.0f}k parameters in the features path "
         f"({encoders.num_params(model, features_only=False) / 1e3:.0f}k with the head).",
         f"- Training: {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} "

@@ -307,6 +307,8 @@ def test_shipped_encoders_load_and_meet_their_card(name):
     assert re.search(r"seed \d", card) and "Wall time" in card
     assert model.cfg.image_size == 32 and model.cfg.in_channels == 1
     assert encoders.macs_per_image(model.cfg) < 50e6
+    space = spaces.get(name, weights=path, device="cpu")
+    assert space.embed(np.zeros((2, 1, 32, 32), np.uint8)).shape == (2, model.out_dim)
 
 
 @pytest.mark.skipif(not SYSTEM_FASHION_MNIST_DIR.is_dir(), reason="Fashion-MNIST not installed")
