@@ -158,7 +158,6 @@ class DiffusionTrainer(Trainer):
         self.model = sampler.to(device)
         self.average = ema_copy(self.model)
         self.lr, self.warmup, self.ema = lr, warmup, ema
-        self.steps = 0
         self.modules = {"model": self.model, "average": self.average}
         self.optimizers = {"model": torch.optim.Adam(self.model.unet.parameters(), lr=lr)}
 
@@ -179,13 +178,6 @@ class DiffusionTrainer(Trainer):
         ema_update(self.average, self.model, ema_decay(self.steps, self.ema))
         self.steps += 1
         return {"loss": loss.detach()}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.steps = int(state["steps"])
 
     def sampler(self) -> nn.Module:
         return self.average.eval()

@@ -117,7 +117,6 @@ class GANTrainer(Trainer):
         betas = (0.0, 0.9) if loss == "wasserstein_gp" else (0.5, 0.999)
         lr = 1e-4 if loss == "wasserstein_gp" else 2e-4
         self.ema = ema
-        self.steps = 0
         self.modules = {"generator": self.generator, "discriminator": self.discriminator, "average": self.average}
         self.optimizers = {
             "generator": torch.optim.Adam(self.generator.parameters(), lr=lr, betas=betas),
@@ -150,13 +149,6 @@ class GANTrainer(Trainer):
         ema_update(self.average, G, ema_decay(self.steps, self.ema))
         self.steps += 1
         return {"d": loss_d.detach(), "g": loss_g.detach()}
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "steps": self.steps}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.steps = int(state["steps"])
 
     def sampler(self) -> nn.Module:
         """The averaged generator with BatchNorm statistics measured on itself, in eval mode."""

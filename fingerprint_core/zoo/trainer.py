@@ -14,6 +14,7 @@ class Trainer:
     def __init__(self) -> None:
         self.modules: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.steps = 0  # iterations done: drives the averaging warm-up
 
     def step(self, real: torch.Tensor, rng: torch.Generator) -> dict[str, torch.Tensor]:
         """One training iteration on real images (N, 1, 32, 32) in [-1, 1]; detached losses by name."""
@@ -28,6 +29,7 @@ class Trainer:
         return {
             "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "steps": self.steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -36,6 +38,7 @@ class Trainer:
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
+        self.steps = int(state.get("steps", 0))
 
 
 def ema_copy(model: nn.Module) -> nn.Module:
