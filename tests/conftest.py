@@ -34,3 +34,14 @@ def gray_workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def rgb_workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder with one colour (3 x 16 x 16) workspace, `gm-rgb`."""
     return fingerprinted_root(tmp_path_factory, channels=3, name="gm-rgb")
+
+
+@pytest.fixture
+def one_thread():
+    """Train tiny models on one thread: on a shared 2-core machine two threads made their steps up to 30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

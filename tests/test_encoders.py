@@ -23,13 +23,7 @@ TARGETS = {"sl": 0.92, "ssl": 0.87}  # issue 3, item 4
 TINY = EncoderConfig(in_channels=1, widths=(8, 16), feature_dim=16, num_outputs=3, image_size=16, mean=0.3, std=0.3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine, two threads made these tiny steps up to 30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny training steps: see conftest
 
 
 def stripes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

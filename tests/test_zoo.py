@@ -29,13 +29,7 @@ NORMS_OF = {"gan": ("batch", "none", "spectral", "instance"), "vae": ("batch", "
 NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d, nn.LayerNorm)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads can wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny training steps: see conftest
 
 
 def tiny(family: str, upsampling: str = "transposed_conv", normalization: str | None = None, **kw) -> dict:
