@@ -296,6 +296,8 @@ def test_a_two_model_zoo_builds_end_to_end(tmp_path, train_images):
         assert samples.shape == (80, 32, 32) and samples.dtype == np.uint8
         # the weights file alone (no pickle) rebuilds the generator and redraws the same samples
         model, meta = registry.load_generator(folder / "generator.safetensors")
+        shipped = weights(folder / "generator.safetensors")
+        assert {str(t.dtype) for k, t in shipped.items() if "weight" in k} == {"torch.float16"}
         assert meta["config"]["upsampling"] in name.replace("ps", "pixel_shuffle").replace("bilinear", "bilinear_conv")
         assert np.array_equal(registry.sample(model, 80, seed=build.SAMPLE_SEED), samples)
         assert not list(folder.glob("*.png"))  # the output folder is itself a GM dataset
@@ -310,6 +312,28 @@ def test_a_two_model_zoo_builds_end_to_end(tmp_path, train_images):
     assert not list((out / "checkpoints").iterdir())  # removed once a model is finished
     again = run_build(out, train_images)
     assert again.skipped == list(table["model"]) and not again.finished
+
+
+def test_a_model_shipped_with_float32_weights_is_brought_to_float16(tmp_path, train_images):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = tmp_path / "zoo"
+    run_build(out, train_images)
+    name = "vae-bilinear-none-s1"
+    path = out / "models" / name / "generator.safetensors"
+    with safe_open(str(path), framework="pt") as f:  # rewrite it the way builds before float16 did
+        meta = {k: v for k, v in f.metadata().items() if k != "dtype"}
+    save_file({k: v.float() if v.is_floating_point() else v for k, v in weights(path).items()}, str(path), metadata=meta)
+    assert registry.shipped_dtype(path) == "float32"
+    report = run_build(out, train_images)
+    assert report.skipped == ["gan-ps-wgan-bn-s0", name] and not report.finished
+    assert registry.shipped_dtype(path) == "float16"
+    with np.load(out / "models" / name / "samples.npz") as npz:
+        samples = npz["images"]
+    model, _ = registry.load_generator(path)
+    assert np.array_equal(registry.sample(model, 80, seed=build.SAMPLE_SEED), samples)
+    assert "reshipped-float16" in (out / "build.log").read_text()
 
 
 def test_a_stopped_build_resumes_to_the_same_weights(tmp_path, train_images):

@@ -209,9 +209,26 @@ def train_model(row: dict, out: Path, data: torch.Tensor, *, device: torch.devic
     finally:
         bar.close()
 
-    t0 = time.perf_counter()
     # the default layout, so that the weights file reloaded anywhere redraws these very samples
     sampler = trainer.sampler().to(memory_format=torch.contiguous_format)
+    training = {"train_seconds": elapsed, "iterations_done": iteration, "device": devices_text(device),
+                "threads": torch.get_num_threads(), "torch": torch.__version__, "train_data": train_data}
+    sample_seconds = ship(sampler, row, out, training, n_samples=n_samples, sample_seed=sample_seed,
+                          encoder=encoder, real_images=real_images, device=device)
+    log.write(name, "finish", iteration, total, elapsed, {"sample_s": sample_seconds})
+    ckpt.unlink(missing_ok=True)
+    sidecar.unlink(missing_ok=True)
+    return "finished"
+
+
+def ship(sampler: torch.nn.Module, row: dict, out: Path, training: dict, *, n_samples: int = N_SAMPLES,
+         sample_seed: int = SAMPLE_SEED, encoder: Path | None = None, real_images: np.ndarray | None = None,
+         device: torch.device | None = None) -> float:
+    """Write a trained generator's outputs: float16 weights, the samples they draw, grid, card,
+    result.json (last: the "finished" mark), quality when an encoder is given; returns sampling seconds."""
+    name = row["name"]
+    registry.round_to_shipped(sampler)
+    t0 = time.perf_counter()
     samples = registry.sample(sampler, n_samples, seed=sample_seed)  # (N, 32, 32) uint8
     sample_seconds = time.perf_counter() - t0
     model_dir = out / "models" / name
@@ -230,22 +247,32 @@ def train_model(row: dict, out: Path, data: torch.Tensor, *, device: torch.devic
     result = {
         "name": name, "row": row_plain, "config": config,
         "parameters": sum(p.numel() for p in sampler.parameters()),
-        "train_seconds": elapsed, "sample_seconds": sample_seconds, "iterations_done": iteration,
-        "device": devices_text(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "n_samples": n_samples, "sample_seed": sample_seed, "train_data": train_data, "finished": _now(),
-        "quality": None,
+        **training, "sample_seconds": sample_seconds, "weights_dtype": str(registry.SHIPPED_DTYPE).removeprefix("torch."),
+        "n_samples": n_samples, "sample_seed": sample_seed, "finished": _now(), "quality": None,
     }
     cards.write_card(model_dir, result)
-    _write_json(model_dir / "result.json", result)  # last: its presence means "finished"
+    _write_json(model_dir / "result.json", result)
     write_models_csv(out)
     if encoder is not None:
         from fingerprint_core.zoo import evaluate  # imports build: a module-level import would cycle
 
-        evaluate.evaluate(out, encoder=encoder, real_images=real_images, names=[name], device=device)
-    log.write(name, "finish", iteration, total, elapsed, {"sample_s": sample_seconds})
-    ckpt.unlink(missing_ok=True)
-    sidecar.unlink(missing_ok=True)
-    return "finished"
+        evaluate.evaluate(out, encoder=encoder, real_images=real_images, names=[name],
+                          device=device or torch.device("cpu"))
+    return sample_seconds
+
+
+def reship_float32(out: Path, name: str, *, encoder: Path | None = None, real_images: np.ndarray | None = None) -> bool:
+    """Bring a model finished before weights were shipped as float16 up to date (weights rounded,
+    samples redrawn from them, quality re-measured); False when it already is."""
+    model_dir = out / "models" / name
+    if registry.shipped_dtype(model_dir / "generator.safetensors") == "float16":
+        return False
+    old = json.loads((model_dir / "result.json").read_text())
+    sampler, _ = registry.load_generator(model_dir / "generator.safetensors")
+    keys = ("train_seconds", "iterations_done", "device", "threads", "torch", "train_data")
+    ship(sampler, old["row"], out, {k: old[k] for k in keys if k in old}, n_samples=int(old["n_samples"]),
+         sample_seed=int(old["sample_seed"]), encoder=encoder, real_images=real_images)
+    return True
 
 
 def devices_text(device: torch.device) -> str:
@@ -321,6 +348,8 @@ def build(plan: str | os.PathLike | pd.DataFrame, out: str | os.PathLike, *, dev
     for name in report.skipped:  # a kill between "finished" and the clean-up leaves these behind
         (out / "checkpoints" / f"{name}.pt").unlink(missing_ok=True)
         (out / "checkpoints" / f"{name}.json").unlink(missing_ok=True)
+        if reship_float32(out, name, encoder=Path(encoder) if encoder else None, real_images=real_images):
+            log.write(name, "reshipped-float16", 0, 0, 0.0)
     if not todo:
         return report
     if images is None:

@@ -127,11 +127,42 @@ def sample(model: nn.Module, n: int, *, seed: int, batch_size: int = 250) -> np.
     return np.concatenate(out) if out else np.zeros((0, 32, 32), np.uint8)
 
 
+SHIPPED_DTYPE = torch.float16  # generator weights in assets/: half the bytes, samples drawn from them
+
+
+def _shipped_names(model: nn.Module) -> set[str]:
+    """The state-dict entries stored as float16: learned weights and batch-norm statistics (not fixed
+    tables such as a diffusion noise schedule, which float16 would distort near 1)."""
+    names = {n for n, p in model.named_parameters() if p.is_floating_point()}
+    return names | {n for n, b in model.named_buffers() if b.is_floating_point() and n.rsplit(".", 1)[-1].startswith("running_")}
+
+
+def round_to_shipped(model: nn.Module) -> nn.Module:
+    """Round the shipped weights to float16 in place, so the samples drawn now are exactly what the
+    shipped weights file redraws."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for n in _shipped_names(model):
+            state[n].copy_(state[n].to(SHIPPED_DTYPE))
+    return model
+
+
+def shipped_dtype(path: str | os.PathLike) -> str:
+    """The dtype a generator file stores its floating weights in ("float32" for files from before float16)."""
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("dtype", "float32")
+
+
 def save_generator(model: nn.Module, config: dict, path: str | os.PathLike, **info: str) -> None:
-    """Write a generator's weights with its config (and any string info) in the metadata, atomically."""
-    meta = {"config": json.dumps(config, sort_keys=True), **{k: str(v) for k, v in info.items()}}
+    """Write a generator's weights (floating ones as float16) with its config and any string info in
+    the metadata, atomically."""
+    meta = {"config": json.dumps(config, sort_keys=True), "dtype": str(SHIPPED_DTYPE).removeprefix("torch."),
+            **{k: str(v) for k, v in info.items()}}
+    halve = _shipped_names(model)
+    tensors = {k: (v.to(SHIPPED_DTYPE) if k in halve else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     tmp = f"{path}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
+    save_file(tensors, tmp, metadata=meta)
     os.replace(tmp, path)
 
 
@@ -143,6 +174,6 @@ def load_generator(path: str | os.PathLike, *, device: torch.device | str = "cpu
         raise ValueError(f"{path}: no generator config in the safetensors metadata")
     config = json.loads(meta["config"])
     model = build_generator(config)
-    model.load_state_dict(load_file(str(path)))
+    model.load_state_dict(load_file(str(path)))  # float16 values widen to float32 exactly
     meta["config"] = config
     return model.to(device).eval(), meta
