@@ -292,6 +292,152 @@ def _add_encoders_commands(sub) -> None:
     t.set_defaults(run=_cmd_encoders_train)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fingerprint_core.attribution import train
+
+    kinds = [k.strip().lower() for k in args.spaces.split(",") if k.strip()] if args.spaces else None
+
+    def on_epoch(kind: str, row: dict) -> None:
+        if not args.quiet:
+            print(f"{kind} epoch {row['epoch']}/{row['epochs']}: loss {row['train_loss']:.3f}, validation accuracy "
+                  f"(model) {row['val_acc']['model']:.3f}, best epoch {row['best_epoch']}, {row['seconds']:.1f} s",
+                  file=sys.stderr, flush=True)
+
+    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    try:
+        table = train.train(args.workspace, kinds=kinds, epochs=args.epochs, seed=args.seed, device=args.device,
+                            force=args.force, on_epoch=on_epoch, log=log)
+    except KeyboardInterrupt:
+        print("interrupted: attributors already finished are kept; rerun to train the rest", file=sys.stderr)
+        return 130
+    wide = table.pivot(index="head", columns="kind", values="test")
+    wide = wide.reindex(index=[h for h in dict.fromkeys(table["head"])], columns=[k for k in dict.fromkeys(table["kind"])])
+    print("test accuracy per head (rows) and attributor (columns)")
+    print(wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    return 0
+
+
+def _cmd_attribute(args: argparse.Namespace) -> int:
+    import json
+
+    from fingerprint_core.attribution import predict, uploads
+
+    if args.top < 1:
+        raise ValueError(f"--top {args.top}: must be at least 1")
+    attributor = predict.attributor_for(args.workspace, device=args.device)
+    for w in attributor.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    report = attributor.attribute(uploads.read_paths(args.paths), top=args.top)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        _print_attribution(report, attributor.kind)
+    return 0 if report.results else 1
+
+
+def _print_attribution(report, kind: str) -> None:
+    """A readable table on stdout (one row per image); conversions and refused files on stderr."""
+    if report.results:
+        heads = list(report.results[0].design)
+        rows = [["file", "verdict", "model (p)", *heads, "open-set score"]]
+        for r in report.results:
+            rows.append([r.file, r.verdict, f"{r.top[0]['model']} ({r.top[0]['p']:.2f})",
+                         *[f"{r.design[h]['value']} ({r.design[h]['p']:.2f})" for h in heads], f"{r.open_set_score:.3g}"])
+        widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print(f"\n({kind} attributor; verdict 'unknown': the open-set score is above the threshold that "
+              "accepts 95% of known validation samples)")
+    for r in report.results:
+        if r.status != "ok":
+            print(f"{r.file}: {r.status}", file=sys.stderr)
+    if report.errors:
+        print(f"not attributed ({len(report.errors)}):", file=sys.stderr)
+        for file, reason in report.errors:
+            print(f"  {file}: {reason}", file=sys.stderr)
+
+
+def _add_attribution_commands(sub) -> None:
+    """`manifpt train` and `manifpt attribute`."""
+    t = sub.add_parser("train", help="train the workspace's attributors (one per space, plus fused) and store them in it")
+    t.add_argument("workspace", type=Path)
+    t.add_argument("--spaces", default=None,
+                   help="comma-separated: rgb, freq, sl, ssl, fused (default: every space present, fused when all four are)")
+    t.add_argument("--epochs", type=int, default=20, help="most epochs per attributor; early stopping may end sooner (default 20)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    t.add_argument("--force", action="store_true", help="retrain even when a stored attributor is up to date")
+    t.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines")
+    t.set_defaults(run=_cmd_train)
+    a = sub.add_parser("attribute", help="which model made these images (files, folders, zip archives)?")
+    a.add_argument("workspace", type=Path)
+    a.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an image, a folder or a zip archive")
+    a.add_argument("--json", action="store_true", help="print JSON: {results: [...], errors: [...]}")
+    a.add_argument("--top", type=int, default=3, help="most probable models listed per image (default 3)")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    a.set_defaults(run=_cmd_attribute)
+
+
+class _PartProgress(TqdmProgress):
+    """The benchmark's bar, counted in parts (method x protocol x seed, or fold)."""
+
+    def task(self, desc: str, total: int) -> "_PartProgress":
+        from tqdm import tqdm
+
+        child = _PartProgress(self.quiet)
+        child._bar = tqdm(total=total, desc=desc, unit="part", disable=self.quiet, leave=True, file=sys.stderr)
+        return child
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from fingerprint_core.attribution import bench
+    from fingerprint_core.workspace import Workspace
+
+    try:
+        seeds = tuple(int(v) for v in args.seeds.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        results = bench.run(Workspace.open(args.workspace), args.out, methods=methods, seeds=seeds,
+                            lodo_folds=bench.LODO_FOLDS if args.lodo_folds is None else args.lodo_folds,
+                            openset_groups=bench.OPENSET_GROUPS if args.openset_groups is None else args.openset_groups,
+                            device=args.device,
+                            progress=_PartProgress(args.quiet))
+    except KeyboardInterrupt:
+        print(f"interrupted: finished parts are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    for name, why in {**results["skipped_methods"], **results["skipped_protocols"]}.items():
+        print(f"warning: {name} not run: {why}", file=sys.stderr)
+    print(bench.markdown(results["summary"]), end="")
+    print(f"\nsplit seed {bench.SPLIT_SEED} (fixed), training seeds {args.seeds}; notes and every number: "
+          f"{args.out / 'results.md'}, results.json, results.csv")
+    return 0
+
+
+def _add_bench_command(sub) -> None:
+    """`manifpt bench`: every attribution method under every protocol, on one split."""
+    # defaults are bench.SEEDS, LODO_FOLDS, OPENSET_GROUPS (not imported here: torch would load for --help)
+    b = sub.add_parser("bench", help="benchmark ManiFPT against the baselines on a workspace (resumable)")
+    b.add_argument("workspace", type=Path)
+    b.add_argument("--out", type=Path, required=True, help="output folder: finished parts, models, results.{json,csv,md}")
+    b.add_argument("--seeds", default="0,1,2", help="training seeds (the split stays at seed 0; default 0,1,2)")
+    b.add_argument("--methods", default=None,
+                   help="comma-separated method names, or 'baselines' / 'manifpt' (default: every method the workspace allows)")
+    b.add_argument("--lodo-folds", type=int, default=None,
+                   help="held-out designs in the leave-one-design-out protocol, a seeded choice; 0 = all (default 6)")
+    b.add_argument("--openset-groups", type=int, default=None,
+                   help="groups of models for the open-set protocol, one fold each (default 5)")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-part lines")
+    b.set_defaults(run=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="manifpt", description="Fingerprints of generative image models (ManiFPT).")
     p.add_argument("--version", action="version", version=f"manifpt {__version__}")
@@ -327,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_zoo_commands(sub)
     _add_encoders_commands(sub)
+    _add_attribution_commands(sub)
+    _add_bench_command(sub)
     return p
 
 

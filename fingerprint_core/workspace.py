@@ -286,6 +286,10 @@ class Workspace:
             named.add(m["real"]["dir"])
         if m.get("analysis"):
             named.add(m["analysis"]["dir"])
+        if m.get("attribution"):  # written by fingerprint_core.attribution.train
+            if m["attribution"].get("split"):
+                named.add(m["attribution"]["split"])
+            named |= {a["dir"] for a in m["attribution"].get("attributors", {}).values()}
         named |= {s["dir"] for s in m.get("spaces", {}).values()}
         for e in m.get("models", {}).values():
             named.add(e["images"]["dir"])

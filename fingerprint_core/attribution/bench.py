@@ -1,0 +1,713 @@
+"""The benchmark: every attribution method (the six baselines and ManiFPT per space and fused) on
+one workspace, one split, six protocols, in one resumable run.
+
+Protocols (the split is fixed at SPLIT_SEED; a "seed" is the training seed: init, batch order,
+augmentation):
+
+    a closed   model-head accuracy on the test split, per seed
+    b twins    models whose design was trained with several seeds: train on them only, tell each
+               test sample's twins apart (chance 1 / twins), per seed
+    c robust   the closed-set models on test images after JPEG 75, a x2 bilinear down-and-up scale,
+               Gaussian noise sigma 2/255; ManiFPT's artifacts are recomputed from the perturbed
+               images (embedded, projected on the manifold again), per seed
+    d lodo     leave one design out (all its seeds): design heads trained on the rest predict the
+               held-out models' design choices, per factor vs the majority-level chance; K seeded
+               designs, first seed only (the folds are the repetitions)
+    e openset  whole models held out (openset.folds): threshold set on one group, AUROC and TPR/FPR
+               measured on the next, with openset.py's scores on every method's features/logits;
+               first seed only
+    f fisher   Fisher discriminant ratio (trace of between- over within-class scatter) of the
+               closed-set model's features on the test split, model labels, per seed
+
+Layout of the output folder (everything JSON or safetensors/npz; nothing pickled)::
+
+    DIR/parts/<method>/<protocol>-s<seed>.json           one finished part: {"key", "result"}
+    DIR/parts/<method>/<protocol>-s<seed>/fold-<i>.json  one finished fold (lodo, openset)
+    DIR/models/<method>/s<seed>-<key>/                   the closed-set model (robust and fisher read it)
+    DIR/results.json   config, per-part results, summary rows
+    DIR/results.csv    summary: method, protocol, metric, mean, std, n, over
+    DIR/results.md     methods x protocols, mean ± std
+
+A part is reused when its key (workspace content, method settings, protocol settings) matches; a
+changed workspace or setting recomputes only what it changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from fingerprint_core.attribution import baselines, openset
+from fingerprint_core.attribution import split as split_mod
+from fingerprint_core.attribution.method import Inputs, Method
+from fingerprint_core.pipeline import Progress
+from fingerprint_core.workspace import REAL, Workspace, atomic_write_bytes, key_of
+
+VERSION = 1  # bump when the same settings would give different numbers
+SPLIT_SEED = 0
+SEEDS = (0, 1, 2)
+LODO_FOLDS = 6  # held-out designs (each a full training run per method); 0 = every design
+OPENSET_GROUPS = 5  # openset.folds' default: each fold trains on 3 of 5 groups of models
+JPEG_QUALITY = 75
+NOISE_SIGMA = 2.0  # in pixel codes: 2/255 of the [0, 1] range
+PERTURBATIONS = ("jpeg75", "down2", "noise2")
+PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher")
+SCORE = "mahalanobis"  # the open-set score the table shows (openset.py's default); energy is in results.json
+
+Factory = Callable[[], Method]
+
+
+# ---- pure pieces ---------------------------------------------------------------------------------
+
+def fisher_ratio(features: np.ndarray, labels: np.ndarray) -> float:
+    """tr(S_B) / tr(S_W): between-class over within-class scatter of the feature rows."""
+    f = np.asarray(features, np.float64)
+    labels = np.asarray(labels)
+    mu = f.mean(0)
+    between = within = 0.0
+    for k in np.unique(labels):
+        rows = f[labels == k]
+        mk = rows.mean(0)
+        between += len(rows) * float(np.sum((mk - mu) ** 2))
+        within += float(np.sum((rows - mk) ** 2))
+    return between / within if within > 0 else float("inf")
+
+
+def design_columns(design: pd.DataFrame) -> list[str]:
+    """The columns that define a design: every column but the model name and its seed."""
+    return [c for c in design.columns if c not in ("model", "seed")]
+
+
+def design_groups(design: pd.DataFrame, models: list[str]) -> dict[str, list[str]]:
+    """Design id ("gan|transposed_conv|...") -> its models, in first-seen order (models with every
+    design column equal are one design, whatever their seeds)."""
+    table = design.astype(str).set_index("model")
+    cols = design_columns(design)
+    groups: dict[str, list[str]] = {}
+    for m in models:
+        groups.setdefault("|".join(table.loc[m, cols]) if cols else m, []).append(m)
+    return groups
+
+
+def twin_groups(design: pd.DataFrame, models: list[str]) -> list[list[str]]:
+    """Designs trained more than once: the lists of their models."""
+    return [g for g in design_groups(design, models).values() if len(g) > 1]
+
+
+def perturb(images: np.ndarray, kind: str, *, seed: int = SPLIT_SEED) -> np.ndarray:
+    """uint8 N x C x H x W after one of PERTURBATIONS (seeded where random)."""
+    from fingerprint_core.attribution.baselines.wang20 import jpeg
+
+    x = np.asarray(images)
+    if kind == "jpeg75":
+        return np.stack([jpeg(img, JPEG_QUALITY) for img in x]) if len(x) else x.copy()
+    if kind == "down2":
+        t = torch.from_numpy(np.ascontiguousarray(x)).float()
+        h, w = t.shape[-2:]
+        # antialiased bilinear down (the average of each 2 x 2 block), plain bilinear back up
+        small = F.interpolate(t, size=(max(1, h // 2), max(1, w // 2)), mode="bilinear", antialias=True, align_corners=False)
+        back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+        return back.round().clamp(0, 255).to(torch.uint8).numpy()
+    if kind == "noise2":
+        noise = np.random.default_rng(seed).normal(0.0, NOISE_SIGMA, x.shape)
+        return np.clip(np.rint(x + noise), 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown perturbation {kind!r}; choose one of {', '.join(PERTURBATIONS)}")
+
+
+# ---- methods -------------------------------------------------------------------------------------
+
+def manifpt_kinds() -> tuple[str, ...]:
+    """ManiFPT's attributor kinds (rgb, freq, sl, ssl, fused), or none if the module is missing."""
+    try:
+        from fingerprint_core.attribution.manifpt import KINDS
+    except ImportError:
+        return ()
+    return tuple(KINDS)
+
+
+def all_method_names() -> list[str]:
+    """Every method the benchmark knows, in table order."""
+    return baselines.names() + [f"manifpt-{k}" for k in manifpt_kinds()]
+
+
+def method_factories(ws: Workspace, names: list[str] | None = None) -> tuple[dict[str, Factory], dict[str, str]]:
+    """(name -> factory of a fresh method, name -> why it cannot run on this workspace)."""
+    known = all_method_names()
+    groups = {"baselines": baselines.names(), "manifpt": [k for k in known if k.startswith("manifpt-")]}
+    wanted = []
+    for n in names or known:
+        match = groups.get(str(n).lower()) or [k for k in known if k.lower() == str(n).lower()]
+        if not match:
+            raise ValueError(f"unknown method {n!r}; choose from {', '.join(known)} (or 'baselines', 'manifpt')")
+        wanted += [m for m in match if m not in wanted]
+    factories, skipped = {}, {}
+    shape = tuple(int(v) for v in ws.config.get("image_shape", [])) or None
+    for name in wanted:
+        if name in baselines.BASELINES:
+            factories[name] = lambda name=name: baselines.create(name)
+            continue
+        from fingerprint_core.attribution.manifpt import ManiFPT
+        from fingerprint_core.attribution.train import available
+
+        kind = name.split("-", 1)[1]
+        if kind not in available(ws):
+            skipped[name] = f"the workspace has no {kind} artifacts for every model (spaces: {', '.join(ws.space_names())})"
+            continue
+        factories[name] = lambda kind=kind: ManiFPT(kind, image_shape=shape)
+    return factories, skipped
+
+
+def identity(method: Method) -> dict:
+    """The settings that make a method's numbers (its part keys): JSON-able public attributes."""
+    out = {"class": type(method).__name__, "name": method.name}
+    for k, v in vars(method).items():
+        if k.startswith("_") or k.endswith("_") or callable(v):
+            continue
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out
+
+
+def workspace_key(ws: Workspace) -> str:
+    """Hash of what the numbers depend on in a workspace: images, artifacts, design table."""
+    models = {m: {"images": e["images"]["key"], "spaces": {s: v["key"] for s, v in e.get("spaces", {}).items()}}
+              for m, e in ws.manifest.get("models", {}).items()}
+    return key_of(models, ws.manifest.get("design"), ws.manifest.get("real", {}).get("key"))
+
+
+# ---- re-projection of new images -----------------------------------------------------------------
+
+class Reprojector:
+    """Artifacts of new images in a workspace's spaces: embed, exact nearest real image, difference
+    (the same spaces and manifold the workspace was fingerprinted with)."""
+
+    def __init__(self, ws: Workspace, *, device: str = "auto") -> None:
+        self.ws, self.device = ws, device
+        self._spaces: dict = {}
+
+    def _space(self, name: str):
+        from fingerprint_core import spaces
+        from fingerprint_core.manifold import Manifold
+
+        if name not in self._spaces:
+            space = spaces.get(name, device=self.device)
+            stored = self.ws.manifest.get("spaces", {}).get(name, {}).get("identity")
+            if stored is not None and stored != space.identity():
+                raise ValueError(
+                    f"the {name} space here ({space.identity()}) is not the one workspace {self.ws.path} was "
+                    f"fingerprinted with ({stored}); point MANIFPT_ENCODERS at the same encoder weights")
+            self._spaces[name] = (space, Manifold(self.ws.space_reference(name), device=self.device))
+        return self._spaces[name]
+
+    def artifacts(self, images: np.ndarray, space: str) -> np.ndarray:
+        """float32 N x D artifacts, rounded through float16 as the workspace stores them."""
+        from fingerprint_core import artifacts
+
+        sp, manifold = self._space(space)
+        parts = [artifacts.compute(sp, np.asarray(images[a:a + 4096]), manifold).cpu().numpy()
+                 for a in range(0, len(images), 4096)]
+        arts = np.concatenate(parts) if parts else np.zeros((0, sp.dim(tuple(images.shape[1:]))), np.float32)
+        return arts.astype(np.float16).astype(np.float32)
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    """What a bench run was asked for."""
+
+    seeds: tuple[int, ...] = SEEDS
+    lodo_folds: int = LODO_FOLDS
+    openset_groups: int = OPENSET_GROUPS
+    device: str = "auto"
+
+
+class Bench:
+    """One benchmark run over a workspace into an output folder (resumable)."""
+
+    def __init__(self, ws: Workspace, out: str | Path, factories: dict[str, Factory], *,
+                 settings: Settings | None = None, skipped: dict[str, str] | None = None,
+                 progress: Progress | None = None) -> None:
+        self.ws, self.out, self.factories = ws, Path(out), factories
+        self.settings = settings or Settings()
+        if not self.settings.seeds:
+            raise ValueError("give at least one seed")
+        if self.settings.lodo_folds < 0:
+            raise ValueError(f"lodo_folds={self.settings.lodo_folds} must be >= 0 (0 = every design)")
+        if self.settings.openset_groups < 3:
+            raise ValueError(f"openset_groups={self.settings.openset_groups} must be >= 3: each fold trains on "
+                             "the groups left after one to calibrate and one to test")
+        self.skipped = dict(skipped or {})
+        self.progress = progress or Progress()
+        self.table = split_mod.workspace_split(ws, seed=SPLIT_SEED)
+        self.classes = split_mod.classes(ws)
+        if len(self.classes["model"]) < 2:
+            raise ValueError(f"workspace {ws.path} has {len(self.classes['model'])} class(es); the benchmark needs two")
+        self.design = ws.design()
+        self.generated = ws.model_names()
+        self.factors = [h for h in self.classes if h != "model"]
+        self.ws_key = workspace_key(ws)
+        self.part = {p: np.flatnonzero(self.table["part"].to_numpy() == p) for p in ("train", "val", "test")}
+        self._images: np.ndarray | None = None
+        self._arts: dict[str, np.ndarray] = {}
+        self._perturbed: dict[tuple[str, str], np.ndarray] = {}
+        self._models: dict[tuple[str, int], Method] = {}
+        self._reprojector = Reprojector(ws, device=self.settings.device)
+        self.lodo_plan = self._lodo_plan()
+        self.openset_plan = self._openset_plan()
+
+    # -- data ----------------------------------------------------------------------------------
+    def inputs(self, needs: tuple[str, ...], rows: np.ndarray) -> Inputs:
+        """The rows (positions in the split table) of what a method needs, each array read once."""
+        if "images" in needs and self._images is None:
+            self._images = split_mod.load_inputs(self.ws, self.table, ("images",)).images
+        for s in needs:
+            if s != "images" and s not in self._arts:
+                self.progress.log(f"loading the {s} artifacts")
+                self._arts[s] = split_mod.load_inputs(self.ws, self.table, (s,)).artifacts[s]
+        return Inputs(self._images[rows] if "images" in needs else None,
+                      {s: self._arts[s][rows] for s in needs if s != "images"})
+
+    def perturbed(self, kind: str, needs: tuple[str, ...]) -> Inputs:
+        """The test rows after a perturbation; artifacts recomputed from the perturbed images."""
+        test = self.part["test"]
+        if (kind, "images") not in self._perturbed:
+            self._perturbed[(kind, "images")] = perturb(self.inputs(("images",), test).images, kind)
+        images = self._perturbed[(kind, "images")]
+        for s in needs:
+            if s != "images" and (kind, s) not in self._perturbed:
+                self.progress.log(f"re-projecting the {kind} test images in {s}")
+                self._perturbed[(kind, s)] = self._reprojector.artifacts(images, s)
+        return Inputs(images if "images" in needs else None,
+                      {s: self._perturbed[(kind, s)] for s in needs if s != "images"})
+
+    def targets(self, rows: np.ndarray, classes: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        return split_mod.targets(self.ws, self.table.iloc[rows], classes)
+
+    def rows_of(self, models: list[str], part: str | None = None) -> np.ndarray:
+        keep = self.table["model"].isin(models).to_numpy().copy()
+        if part is not None:
+            keep &= self.table["part"].to_numpy() == part
+        return np.flatnonzero(keep)
+
+    # -- parts ---------------------------------------------------------------------------------
+    def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
+        extra = {"lodo": self.lodo_plan, "openset": [(f.calibration, f.test) for f in self.openset_plan],
+                 "robust": [PERTURBATIONS, JPEG_QUALITY, NOISE_SIGMA]}.get(protocol)
+        return key_of(VERSION, self.ws_key, SPLIT_SEED, identity(self.factories[name]()), protocol, seed, fold, extra)
+
+    def _path(self, name: str, protocol: str, seed: int, fold: int | None = None) -> Path:
+        base = self.out / "parts" / name
+        return base / f"{protocol}-s{seed}.json" if fold is None else base / f"{protocol}-s{seed}" / f"fold-{fold}.json"
+
+    def _cached(self, name: str, protocol: str, seed: int, fold: int | None = None) -> dict | None:
+        path = self._path(name, protocol, seed, fold)
+        if path.is_file():
+            try:
+                saved = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None  # unreadable: computed again
+            if saved.get("key") == self._key(name, protocol, seed, fold):
+                return saved["result"]
+        return None
+
+    def _store(self, name: str, protocol: str, seed: int, result: dict, fold: int | None = None) -> dict:
+        path = self._path(name, protocol, seed, fold)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"key": self._key(name, protocol, seed, fold), "result": result}
+        atomic_write_bytes(path, json.dumps(blob, indent=1, default=_jsonable).encode())
+        return result
+
+    def _do(self, name: str, protocol: str, seed: int, compute: Callable[[], dict], fold: int | None = None) -> dict:
+        """A part from its file if finished before, else computed and saved at once."""
+        hit = self._cached(name, protocol, seed, fold)
+        label = f"{name} · {protocol} · seed {seed}" + ("" if fold is None else f" · fold {fold}")
+        if hit is not None:
+            self.reused += 1
+        else:
+            t0 = time.perf_counter()
+            hit = self._store(name, protocol, seed, {**compute(), "seconds": round(time.perf_counter() - t0, 1)}, fold)
+            self.computed += 1
+            self.progress.log(f"{label}: {_headline(protocol, hit)} ({hit['seconds']:.0f} s)")
+        self._bar.update(1)
+        return hit
+
+    # -- fitting -------------------------------------------------------------------------------
+    def _fit(self, name: str, seed: int, classes: dict[str, list[str]], train: np.ndarray, val: np.ndarray) -> Method:
+        method = self.factories[name]()
+        method.fit(self.inputs(method.needs, train), self.targets(train, classes),
+                   self.inputs(method.needs, val), self.targets(val, classes),
+                   classes=classes, seed=seed, device=self.settings.device)
+        return method
+
+    def _model_dir(self, name: str, seed: int) -> Path:
+        return self.out / "models" / name / f"s{seed}-{self._key(name, 'closed', seed)}"
+
+    def closed_model(self, name: str, seed: int) -> Method:
+        """The closed-set model of (method, seed): in memory, saved in DIR/models, or trained now."""
+        if (name, seed) in self._models:
+            return self._models[(name, seed)]
+        folder = self._model_dir(name, seed)
+        if self._cached(name, "closed", seed) is not None and (folder / "config.json").is_file():
+            cls = type(self.factories[name]())
+            takes_device = "device" in inspect.signature(cls.load).parameters
+            model = cls.load(folder, device=self.settings.device) if takes_device else cls.load(folder)
+        else:
+            model = self._fit(name, seed, self.classes, self.part["train"], self.part["val"])
+            for old in folder.parent.glob(f"s{seed}-*"):  # an older setting's model of this seed
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+            model.save(folder)
+        self._models[(name, seed)] = model
+        return model
+
+    # -- protocols -----------------------------------------------------------------------------
+    def closed(self, name: str, seed: int) -> dict:
+        def compute():
+            path = self._path(name, "closed", seed)
+            path.unlink(missing_ok=True)  # a stale part must not let closed_model load an old folder
+            model = self.closed_model(name, seed)
+            test = self.part["test"]
+            z = model.logits(self.inputs(model.needs, test))
+            y = self.targets(test, self.classes)
+            heads = {h: float(np.mean(z[h].argmax(1) == y[h])) for h in self.classes}
+            return {"accuracy": heads["model"], "heads": heads, "chance": 1 / len(self.classes["model"]),
+                    "n_test": len(test)}
+        return self._do(name, "closed", seed, compute)
+
+    def robust(self, name: str, seed: int) -> dict:
+        def compute():
+            model = self.closed_model(name, seed)
+            y = self.targets(self.part["test"], self.classes)["model"]
+            return {p: float(np.mean(model.logits(self.perturbed(p, model.needs))["model"].argmax(1) == y))
+                    for p in PERTURBATIONS}
+        return self._do(name, "robust", seed, compute)
+
+    def fisher(self, name: str, seed: int) -> dict:
+        def compute():
+            model = self.closed_model(name, seed)
+            test = self.part["test"]
+            feats = model.features(self.inputs(model.needs, test))
+            return {"fdr": fisher_ratio(feats, self.targets(test, self.classes)["model"]), "dim": int(feats.shape[1])}
+        return self._do(name, "fisher", seed, compute)
+
+    def twins(self, name: str, seed: int) -> dict:
+        groups = twin_groups(self.design, self.generated)
+        if not groups:
+            return self._skip(name, "twins", seed, "no design was trained with several seeds")
+
+        def compute():
+            models = [m for g in groups for m in g]
+            cls = {"model": models}
+            method = self._fit(name, seed, cls, self.rows_of(models, "train"), self.rows_of(models, "val"))
+            test = self.rows_of(models, "test")
+            z = method.logits(self.inputs(method.needs, test))["model"]
+            y = self.targets(test, cls)["model"]
+            group_of = {models.index(m): [models.index(t) for t in g] for g in groups for m in g}
+            # each sample chooses among its own twins only
+            pick = np.array([group_of[t][int(np.argmax(z[i, group_of[t]]))] for i, t in enumerate(y)])
+            return {"accuracy": float(np.mean(pick == y)), "chance": float(np.mean([1 / len(group_of[t]) for t in y])),
+                    "accuracy_all": float(np.mean(z.argmax(1) == y)), "groups": groups, "n_test": len(test)}
+        return self._do(name, "twins", seed, compute)
+
+    def _lodo_plan(self) -> list[list]:
+        """[design id, its models] of the held-out designs: a seeded choice of K (all if K = 0)."""
+        groups = design_groups(self.design, self.generated)
+        if len(groups) < 2 or not self.factors:
+            return []
+        ids = list(groups)
+        order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
+        k = len(ids) if self.settings.lodo_folds <= 0 else min(self.settings.lodo_folds, len(ids))
+        return [[ids[i], groups[ids[i]]] for i in sorted(order[:k])]
+
+    def lodo(self, name: str, seed: int) -> dict:
+        if not self.lodo_plan:
+            return self._skip(name, "lodo", seed, "fewer than two designs, or no design column with two levels")
+        folds = [self._do(name, "lodo", seed, lambda d=d, m=m: self._lodo_fold(name, seed, d, m), fold=i)
+                 for i, (d, m) in enumerate(self.lodo_plan)]
+        out = {"folds": folds, "factors": {}}
+        for f in self.factors:
+            acc = [x["factors"][f]["accuracy"] for x in folds]
+            out["factors"][f] = {"accuracy": float(np.mean(acc)), "std": _std(acc),
+                                 "chance": float(np.mean([x["factors"][f]["chance"] for x in folds])),
+                                 "vote_accuracy": float(np.mean([x["factors"][f]["vote"] for x in folds]))}
+        return out
+
+    def _lodo_fold(self, name: str, seed: int, design_id: str, held: list[str]) -> dict:
+        table = self.design.astype(str).set_index("model")
+        train_models = [m for m in self.ws.model_names(include_real=True) if m not in held]
+        cls = {"model": train_models, **{f: sorted(table.loc[train_models, f].unique()) for f in self.factors}}
+        method = self._fit(name, seed, cls, self.rows_of(train_models, "train"), self.rows_of(train_models, "val"))
+        test = self.rows_of(held, "test")
+        z = method.logits(self.inputs(method.needs, test))
+        per_design = {d: table.loc[ms[0]] for d, ms in design_groups(self.design, [m for m in train_models if m != REAL]).items()}
+        out = {"design": design_id, "models": held, "factors": {}}
+        for f in self.factors:
+            truth = table.loc[held[0], f]
+            pred = np.asarray(cls[f])[z[f].argmax(1)]
+            levels, votes = np.unique(pred, return_counts=True)
+            d_levels, d_counts = np.unique([row[f] for row in per_design.values()], return_counts=True)
+            majority = d_levels[np.argmax(d_counts)] if len(d_levels) else None
+            out["factors"][f] = {"truth": truth, "accuracy": float(np.mean(pred == truth)),
+                                 "vote": float(levels[np.argmax(votes)] == truth) if len(pred) else 0.0,
+                                 "chance": float(majority == truth), "unseen": truth not in cls[f]}
+        return out
+
+    def _openset_plan(self) -> list:
+        try:
+            return openset.folds(self.generated, n_groups=self.settings.openset_groups, seed=SPLIT_SEED)
+        except ValueError:
+            return []
+
+    def openset(self, name: str, seed: int) -> dict:
+        if len(self.openset_plan) < 2 or len(self.generated) < 3:
+            return self._skip(name, "openset", seed, "fewer than three generated models")
+        folds = [self._do(name, "openset", seed, lambda f=f: self._openset_fold(name, seed, f), fold=i)
+                 for i, f in enumerate(self.openset_plan)]
+        out = {"folds": folds}
+        for kind in openset.SCORES:
+            out[kind] = {k: float(np.mean([x[kind][k] for x in folds])) for k in folds[0][kind]}
+            out[kind]["auroc_std"] = _std([x[kind]["auroc"] for x in folds])
+        return out
+
+    def _openset_fold(self, name: str, seed: int, fold) -> dict:
+        held = set(fold.held_out)
+        cls = dict(self.classes, model=[m for m in self.classes["model"] if m not in held])
+        known = [m for m in self.ws.model_names(include_real=True) if m not in held]
+        method = self._fit(name, seed, cls, self.rows_of(known, "train"), self.rows_of(known, "val"))
+
+        def seen(rows):
+            x = self.inputs(method.needs, rows)
+            return method.features(x), method.logits(x)["model"]
+
+        f_tr, _ = seen(self.rows_of(known, "train"))
+        y_tr = self.targets(self.rows_of(known, "train"), cls)["model"]
+        sets = {s: seen(r) for s, r in (("val", self.rows_of(known, "val")), ("test", self.rows_of(known, "test")),
+                                        ("calibration", self.rows_of(list(fold.calibration))),
+                                        ("unknown", self.rows_of(list(fold.test))))}
+        out = {"calibration": list(fold.calibration), "test": list(fold.test)}
+        for kind in openset.SCORES:
+            rule = openset.fit(kind, f_tr, y_tr, len(cls["model"]), *sets["val"])
+            s = {k: rule.score(*v) for k, v in sets.items()}
+            out[kind] = openset.evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"])
+        return out
+
+    def _skip(self, name: str, protocol: str, seed: int, reason: str) -> dict:
+        self._bar.update(1)
+        return {"skipped": reason}
+
+    # -- the whole run -------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Every (method, protocol, seed) part, reusing finished ones; writes the results files."""
+        s = self.settings
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.computed = self.reused = 0
+        per_method = 4 * len(s.seeds) + max(1, len(self.lodo_plan)) + max(1, len(self.openset_plan))
+        self._bar = self.progress.task("bench", per_method * len(self.factories))
+        parts: dict[str, dict] = {}
+        try:
+            for name in self.factories:
+                p = parts[name] = {proto: {} for proto in PROTOCOLS}
+                for seed in s.seeds:
+                    p["closed"][f"s{seed}"] = self.closed(name, seed)
+                    p["robust"][f"s{seed}"] = self.robust(name, seed)
+                    p["fisher"][f"s{seed}"] = self.fisher(name, seed)
+                    p["twins"][f"s{seed}"] = self.twins(name, seed)
+                first = s.seeds[0]
+                p["lodo"][f"s{first}"] = self.lodo(name, first)
+                p["openset"][f"s{first}"] = self.openset(name, first)
+                self._models = {k: v for k, v in self._models.items() if k[0] != name}  # free the memory
+                write_results(self.out, self.results(parts))
+        finally:
+            self._bar.close()
+        return self.results(parts)
+
+    def results(self, parts: dict[str, dict]) -> dict:
+        """The results document: settings, notes, per-part results, summary rows."""
+        from fingerprint_core.workspace import versions
+
+        s = self.settings
+        return {
+            "workspace": str(self.ws.path),
+            "workspace_key": self.ws_key,
+            "versions": versions(),
+            "settings": {"split_seed": SPLIT_SEED, "training_seeds": list(s.seeds), "lodo_folds": s.lodo_folds,
+                         "openset_groups": s.openset_groups, "device": s.device, "perturbations": list(PERTURBATIONS),
+                         "jpeg_quality": JPEG_QUALITY, "noise_sigma_codes": NOISE_SIGMA, "openset_score": SCORE},
+            "plans": {"lodo": self.lodo_plan, "openset": [{"calibration": list(f.calibration), "test": list(f.test)}
+                                                           for f in self.openset_plan],
+                      "twins": twin_groups(self.design, self.generated)},
+            "notes": notes(s, len(self.lodo_plan), len(self.openset_plan)),
+            "methods": {n: identity(f()) for n, f in self.factories.items()},
+            "skipped_methods": self.skipped,
+            "skipped_protocols": {proto: r["skipped"] for p in parts.values() for proto, by in p.items()
+                                  for r in by.values() if "skipped" in r},
+            "parts": parts,
+            "summary": summarise(parts, s.seeds),
+        }
+
+
+# ---- summaries -----------------------------------------------------------------------------------
+
+def _std(values: list[float]) -> float:
+    v = [x for x in values if x == x]
+    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON-able")
+
+
+def _headline(protocol: str, r: dict) -> str:
+    """One short line for the log of a finished part."""
+    if protocol in ("closed", "twins"):
+        return f"accuracy {r['accuracy']:.3f} (chance {r['chance']:.3f})"
+    if protocol == "robust":
+        return ", ".join(f"{p} {r[p]:.3f}" for p in PERTURBATIONS)
+    if protocol == "fisher":
+        return f"FDR {r['fdr']:.3g}"
+    if protocol == "lodo":
+        return f"held out {r['design']}: " + ", ".join(f"{f} {v['accuracy']:.2f}" for f, v in r["factors"].items())
+    if protocol == "openset":
+        return f"AUROC {r[SCORE]['auroc']:.3f} (unknown: {', '.join(r['test'])})"
+    return ""
+
+
+def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
+    seeds = ",".join(map(str, s.seeds))
+    return [
+        f"Split fixed at seed {SPLIT_SEED} (70/10/20 per model); training seeds {seeds} change init, batch order, augmentation.",
+        f"a, b, c, f: mean ± std over training seeds {seeds}; d, e: first seed only, mean ± std over folds.",
+        "a closed: model-head test accuracy (the held-out real images are one class).",
+        "b twins: models of one design trained with several seeds; each sample chooses among its own twins.",
+        f"c robust: closed-set models on test images after JPEG {JPEG_QUALITY}, x2 bilinear down-up, noise sigma "
+        f"{NOISE_SIGMA:g}/255; ManiFPT's artifacts recomputed from the perturbed images.",
+        f"d lodo: {n_lodo} held-out design(s) (seeded choice, --lodo-folds {s.lodo_folds}); per factor, held-out sample accuracy; "
+        "chance = always answering the training designs' most common level.",
+        f"e openset: {n_openset} folds of whole models held out; threshold by Youden's J on one group, TPR/FPR on the next; "
+        f"{SCORE} score on each method's features (energy on logits in results.json).",
+        "f fisher: trace(S_between) / trace(S_within) of the features on the test split, model labels.",
+    ]
+
+
+def summarise(parts: dict[str, dict], seeds: tuple[int, ...]) -> list[dict]:
+    """Rows (method, protocol, metric, mean, std, n, over) of every number the table shows."""
+    rows = []
+
+    def add(method, protocol, metric, values, over):
+        v = [float(x) for x in values if x is not None and x == x]
+        if v:
+            rows.append({"method": method, "protocol": protocol, "metric": metric, "mean": float(np.mean(v)),
+                         "std": _std(v), "n": len(v), "over": over})
+
+    for m, p in parts.items():
+        done = {proto: [r for r in p.get(proto, {}).values() if "skipped" not in r] for proto in PROTOCOLS}
+        add(m, "closed", "accuracy", [r["accuracy"] for r in done["closed"]], "seeds")
+        add(m, "closed", "chance", [r["chance"] for r in done["closed"]][:1], "-")
+        add(m, "twins", "accuracy", [r["accuracy"] for r in done["twins"]], "seeds")
+        add(m, "twins", "chance", [r["chance"] for r in done["twins"]][:1], "-")
+        for pert in PERTURBATIONS:
+            add(m, "robust", pert, [r[pert] for r in done["robust"]], "seeds")
+        add(m, "fisher", "fdr", [r["fdr"] for r in done["fisher"]], "seeds")
+        for r in done["lodo"]:
+            for f in r["factors"]:
+                add(m, "lodo", f, [x["factors"][f]["accuracy"] for x in r["folds"]], "folds")
+                add(m, "lodo", f"{f} chance", [r["factors"][f]["chance"]], "-")
+        for r in done["openset"]:
+            for k in ("auroc", "tpr_calibrated", "fpr_calibrated"):
+                add(m, "openset", k, [x[SCORE][k] for x in r["folds"]], "folds")
+    return rows
+
+
+COLUMNS = [  # (protocol, metric, header)
+    ("closed", "accuracy", "a closed acc"), ("twins", "accuracy", "b twins acc"),
+    ("robust", "jpeg75", "c JPEG 75"), ("robust", "down2", "c down x2"), ("robust", "noise2", "c noise 2/255"),
+    ("lodo", None, "d LODO"), ("openset", "auroc", "e AUROC"), ("openset", "tpr_calibrated", "e TPR"),
+    ("openset", "fpr_calibrated", "e FPR"), ("fisher", "fdr", "f FDR"),
+]
+
+
+def markdown(summary: list[dict]) -> str:
+    """Methods as rows, protocols as columns (mean ± std), and a last row with chance."""
+    table = pd.DataFrame(summary)
+    if table.empty:
+        return "(no results yet)\n"
+    methods = list(dict.fromkeys(table["method"]))
+    lodo = [m for m in dict.fromkeys(table.loc[table["protocol"] == "lodo", "metric"]) if not m.endswith(" chance")]
+    cols = []
+    for proto, metric, header in COLUMNS:
+        if proto == "lodo":
+            cols += [(proto, f, f"d LODO {f}") for f in lodo]
+        else:
+            cols.append((proto, metric, header))
+    cols = [c for c in cols if ((table["protocol"] == c[0]) & (table["metric"] == c[1])).any()]
+
+    def cell(method, proto, metric):
+        hit = table[(table["method"] == method) & (table["protocol"] == proto) & (table["metric"] == metric)]
+        if hit.empty:
+            return "-"
+        r = hit.iloc[0]
+        fmt = (lambda v: f"{v:.3g}") if proto == "fisher" else (lambda v: f"{v:.3f}")
+        return fmt(r["mean"]) + (f" ± {fmt(r['std'])}" if r["n"] > 1 else "")
+
+    def chance(proto, metric):
+        name = {"closed": "chance", "twins": "chance"}.get(proto, f"{metric} chance" if proto == "lodo" else None)
+        if name is None:
+            return "0.500" if metric == "auroc" else "-"
+        hit = table[(table["protocol"] == proto) & (table["metric"] == name)]
+        return f"{hit['mean'].iloc[0]:.3f}" if len(hit) else "-"
+
+    lines = ["| method | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {m} | " + " | ".join(cell(m, p, k) for p, k, _ in cols) + " |" for m in methods]
+    lines.append("| chance | " + " | ".join(chance(p, k) for p, k, _ in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, results: dict) -> None:
+    """DIR/results.json, results.csv and results.md, each written atomically."""
+    out = Path(out)
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=_jsonable).encode())
+    buf = io.StringIO()
+    pd.DataFrame(results["summary"], columns=["method", "protocol", "metric", "mean", "std", "n", "over"]).to_csv(buf, index=False)
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    md = ["# Attribution benchmark", "", f"Workspace `{results['workspace']}`.", "", markdown(results["summary"])]
+    md += [f"- {n}" for n in results["notes"]]
+    md += [f"- {m} not run: {why}" for m, why in results.get("skipped_methods", {}).items()]
+    md += [f"- {proto} not run: {why}" for proto, why in results.get("skipped_protocols", {}).items()]
+    atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
+
+
+def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factory] | None = None,
+        seeds: tuple[int, ...] = SEEDS, lodo_folds: int = LODO_FOLDS, openset_groups: int = OPENSET_GROUPS,
+        device: str = "auto", progress: Progress | None = None) -> dict:
+    """Run (or resume) the benchmark of a workspace into out; returns the results document.
+
+    methods: names (default: every baseline and ManiFPT kind the workspace allows) or a dict of
+    name -> factory (tests pass tiny settings this way).
+    """
+    if isinstance(methods, dict):
+        factories, skipped = dict(methods), {}
+    else:
+        factories, skipped = method_factories(ws, methods)
+    if not factories:
+        raise ValueError("no method can run on this workspace: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    settings = Settings(tuple(int(s) for s in seeds), int(lodo_folds), int(openset_groups), device)
+    return Bench(ws, out, factories, settings=settings, skipped=skipped, progress=progress).run()

@@ -1,0 +1,245 @@
+"""Open-set scoring: "none of the known models". A score per sample (higher = less like any known
+class), the threshold that accepts a chosen share of known samples, AUROC, and the held-out-models
+protocol the benchmark runs.
+
+Default score: Mahalanobis distance of the attributor's features to the nearest class mean under
+one shared (tied) covariance, fitted on the training features (Lee et al., NeurIPS 2018). It reads
+the features rather than the softmax, so a sample far from every class is caught even where the
+heads extrapolate with confidence. Energy (-logsumexp of the model-head logits; Liu et al., NeurIPS
+2020) is the alternative that needs no statistics.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SCORES = ("mahalanobis", "energy")
+ACCEPT = 0.95  # share of known validation samples the product threshold accepts
+SHRINKAGE = 1e-3  # ridge on the shared covariance, relative to its mean variance (dead features stay invertible)
+STATS = "openset.safetensors"
+CONFIG = "openset.json"
+
+
+# ---- scores ---------------------------------------------------------------------------------
+def fit_gaussians(features: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(means K x F, shared precision F x F) of the features per class; classes without samples get NaN means."""
+    f = np.asarray(features, dtype=np.float64)
+    labels = np.asarray(labels)
+    means = np.full((n_classes, f.shape[1]), np.nan)
+    centred = np.empty_like(f)
+    for k in range(n_classes):
+        rows = labels == k
+        if rows.any():
+            means[k] = f[rows].mean(0)
+            centred[rows] = f[rows] - means[k]
+    return means, np.linalg.inv(shrunk_covariance(centred))
+
+
+def shrunk_covariance(x: np.ndarray) -> np.ndarray:
+    """Ledoit-Wolf covariance of centred rows: invertible and well conditioned even with fewer rows than features."""
+    n, p = x.shape
+    s = x.T @ x / max(n, 1)
+    mu = np.trace(s) / p
+    delta2 = np.sum((s - mu * np.eye(p)) ** 2) / p
+    # sum_k |x_k x_k' - S|_F^2 = sum_k |x_k|^4 - n |S|_F^2
+    beta2 = (np.sum(np.einsum("ij,ij->i", x, x) ** 2) - n * np.sum(s**2)) / (p * max(n, 1) ** 2)
+    shrink = 1.0 if delta2 <= 0 else float(np.clip(beta2 / delta2, 0.0, 1.0))
+    ridge = SHRINKAGE * max(mu, 1e-12)  # a floor: constant features (dead ReLUs) have zero variance
+    return shrink * mu * np.eye(p) + (1 - shrink) * s + ridge * np.eye(p)
+
+
+def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Per sample, the squared Mahalanobis distance to the nearest class mean (N,)."""
+    f = np.asarray(features, dtype=np.float64)
+    mu = means[~np.isnan(means).any(1)]
+    fp = f @ precision
+    # (f - mu)' P (f - mu) = f'Pf - 2 f'P mu + mu'P mu, for every class at once: (N, K)
+    d = np.einsum("nf,nf->n", fp, f)[:, None] - 2 * fp @ mu.T + np.einsum("kf,fg,kg->k", mu, precision, mu)[None, :]
+    return np.maximum(d.min(1), 0.0)
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """-logsumexp of the model-head logits per sample (N,): high when no class scores high."""
+    z = np.asarray(logits, dtype=np.float64)
+    top = z.max(1)
+    return -(top + np.log(np.exp(z - top[:, None]).sum(1)))
+
+
+# ---- measures -------------------------------------------------------------------------------
+def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
+    """P(score of an unknown > score of a known), ties counted half (Mann-Whitney U / n1 n2)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if len(known) == 0 or len(unknown) == 0:
+        return float("nan")
+    both = np.concatenate([known, unknown])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both))
+    sorted_scores = both[order]
+    # average ranks over ties
+    start = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    end = np.r_[start[1:], len(both)]
+    avg = (start + end + 1) / 2.0
+    ranks[order] = np.repeat(avg, end - start)
+    u = ranks[len(known):].sum() - len(unknown) * (len(unknown) + 1) / 2
+    return float(u / (len(known) * len(unknown)))
+
+
+def threshold_for(known: np.ndarray, accept: float = ACCEPT) -> float:
+    """The score at or below which `accept` of the known samples lie (those are accepted)."""
+    if not 0 < accept <= 1:
+        raise ValueError(f"accept={accept} must be in (0, 1]")
+    known = np.asarray(known, np.float64)
+    if len(known) == 0:
+        raise ValueError("no known samples to set a threshold on")
+    return float(np.quantile(known, accept, method="higher"))
+
+
+def youden_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
+    """The threshold that maximises TPR - FPR between known and calibration-unknown scores."""
+    cands = np.unique(np.concatenate([known, unknown]))
+    known_sorted, unknown_sorted = np.sort(known), np.sort(unknown)
+    # rejected = score > threshold
+    fpr = 1 - np.searchsorted(known_sorted, cands, side="right") / max(len(known), 1)
+    tpr = 1 - np.searchsorted(unknown_sorted, cands, side="right") / max(len(unknown), 1)
+    return float(cands[np.argmax(tpr - fpr)])
+
+
+def rates(known: np.ndarray, unknown: np.ndarray, threshold: float) -> dict[str, float]:
+    """TPR (unknowns rejected) and FPR (knowns rejected) when scores above threshold are rejected."""
+    return {
+        "tpr": float(np.mean(np.asarray(unknown) > threshold)) if len(unknown) else float("nan"),
+        "fpr": float(np.mean(np.asarray(known) > threshold)) if len(known) else float("nan"),
+    }
+
+
+# ---- the product's open-set rule -----------------------------------------------------------------
+@dataclass
+class OpenSet:
+    """A fitted score and its threshold: scores above the threshold answer "unknown"."""
+
+    kind: str
+    threshold: float
+    accept: float
+    means: np.ndarray | None = None  # K x F (mahalanobis)
+    precision: np.ndarray | None = None  # F x F
+
+    def score(self, features: np.ndarray, model_logits: np.ndarray) -> np.ndarray:
+        """(N,) open-set scores of samples (features and model-head logits from the attributor)."""
+        if self.kind == "mahalanobis":
+            return mahalanobis(features, self.means, self.precision)
+        return energy(model_logits)
+
+    def save(self, folder: Path) -> None:
+        """openset.json (+ openset.safetensors with the class means and precision)."""
+        from safetensors.numpy import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.means is not None:
+            save_file({"means": np.ascontiguousarray(self.means), "precision": np.ascontiguousarray(self.precision)},
+                      str(folder / STATS))
+        (folder / CONFIG).write_text(json.dumps({"kind": self.kind, "threshold": self.threshold, "accept": self.accept}))
+
+    @classmethod
+    def load(cls, folder: Path) -> "OpenSet":
+        from safetensors.numpy import load_file
+
+        folder = Path(folder)
+        cfg = json.loads((folder / CONFIG).read_text())
+        stats = load_file(str(folder / STATS)) if (folder / STATS).is_file() else {}
+        return cls(cfg["kind"], float(cfg["threshold"]), float(cfg["accept"]), stats.get("means"), stats.get("precision"))
+
+
+def fit(kind: str, train_features: np.ndarray, train_labels: np.ndarray, n_classes: int,
+        val_features: np.ndarray, val_logits: np.ndarray, *, accept: float = ACCEPT) -> OpenSet:
+    """Fit the score on training features, then the threshold that accepts `accept` of validation samples."""
+    if kind not in SCORES:
+        raise ValueError(f"open-set score {kind!r}: choose one of {', '.join(SCORES)}")
+    means = precision = None
+    if kind == "mahalanobis":
+        means, precision = fit_gaussians(train_features, train_labels, n_classes)
+    rule = OpenSet(kind, 0.0, accept, means, precision)
+    rule.threshold = threshold_for(rule.score(val_features, val_logits), accept)
+    return rule
+
+
+# ---- the benchmark's protocol: whole models held out -------------------------------------------
+@dataclass(frozen=True)
+class Fold:
+    """One rotation: models held out of training; one group sets the threshold, the other measures it."""
+
+    calibration: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        return self.calibration + self.test
+
+
+def folds(models: list[str], *, n_groups: int = 5, seed: int = 0) -> list[Fold]:
+    """Models shuffled (seeded) into groups; fold i calibrates on group i and tests on group i+1."""
+    models = [m for m in models if m != "real"]  # the real class is always known
+    n_groups = min(n_groups, len(models))
+    if n_groups < 2:
+        raise ValueError(f"{len(models)} model(s): the held-out protocol needs at least 2 (one to calibrate, one to test)")
+    order = np.random.default_rng(seed).permutation(len(models))
+    groups = [tuple(models[j] for j in order[i::n_groups]) for i in range(n_groups)]
+    return [Fold(groups[i], groups[(i + 1) % n_groups]) for i in range(n_groups)]
+
+
+def evaluate_fold(known_val: np.ndarray, calibration_unknown: np.ndarray, known_test: np.ndarray,
+                  test_unknown: np.ndarray, *, accept: float = ACCEPT) -> dict[str, float]:
+    """AUROC on the test group, and TPR/FPR there at the two thresholds (known-accept and calibrated)."""
+    out = {"auroc": auroc(known_test, test_unknown)}
+    t95 = threshold_for(known_val, accept)
+    tcal = youden_threshold(known_val, calibration_unknown)
+    for name, t in (("accept", t95), ("calibrated", tcal)):
+        r = rates(known_test, test_unknown, t)
+        out[f"tpr_{name}"], out[f"fpr_{name}"], out[f"threshold_{name}"] = r["tpr"], r["fpr"], t
+    return out
+
+
+def run_protocol(ws, make_method: Callable[[], "object"], *, n_groups: int = 5, seed: int = 0,
+                 device: str = "auto", kind: str = "mahalanobis", accept: float = ACCEPT,
+                 on_fold: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Per fold: train make_method() without the held-out models, score, and evaluate (one row per fold)."""
+    from fingerprint_core.attribution import split as split_mod
+
+    table = split_mod.workspace_split(ws, seed=seed)
+    cls_all = split_mod.classes(ws)
+    data = split_mod.load_inputs(ws, table, make_method().needs)
+    rows = []
+    all_folds = folds(ws.model_names(), n_groups=n_groups, seed=seed)
+    for i, fold in enumerate(all_folds):
+        if on_fold is not None:
+            on_fold(i, len(all_folds))
+        method = make_method()
+        cls = dict(cls_all, model=[m for m in cls_all["model"] if m not in fold.held_out])
+        known = ~table["model"].isin(fold.held_out)
+        part = {p: np.flatnonzero(known & (table["part"] == p)) for p in ("train", "val", "test")}
+        tgt = {p: split_mod.targets(ws, table.iloc[ix], cls) for p, ix in part.items()}
+        method.fit(data.take(part["train"]), tgt["train"], data.take(part["val"]), tgt["val"],
+                   classes=cls, seed=seed, device=device)
+
+        def scores_of(ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = data.take(ix)
+            return method.features(x), method.logits(x)["model"]
+
+        f_tr, _ = scores_of(part["train"])
+        f_va, z_va = scores_of(part["val"])
+        rule = fit(kind, f_tr, tgt["train"]["model"], len(cls["model"]), f_va, z_va, accept=accept)
+        s = {}
+        for name, ix in (("val", part["val"]), ("test", part["test"]),
+                         ("calibration", np.flatnonzero(table["model"].isin(fold.calibration))),
+                         ("unknown", np.flatnonzero(table["model"].isin(fold.test)))):
+            f, z = scores_of(ix)
+            s[name] = rule.score(f, z)
+        r = evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"], accept=accept)
+        rows.append({"fold": i, "calibration": ",".join(fold.calibration), "test": ",".join(fold.test), **r})
+    return pd.DataFrame(rows)

@@ -1,0 +1,188 @@
+"""Train a workspace's attributors (one per space, and the fused one) and store them in it.
+
+Layout added to the workspace (docs/attribution.md)::
+
+    WS/attribution-split-<hash>.parquet        model, index, part (train | val | test) of every sample
+    WS/attribution/<kind>-<key>/weights.safetensors, config.json     the attributor (manifpt.py)
+    WS/attribution/<kind>-<key>/openset.safetensors, openset.json    its open-set rule (openset.py)
+    WS/attribution/<kind>-<key>/test.parquet    per test sample: model, index, predicted class per head, open-set score
+
+and the manifest key "attribution": {split, split_seed, classes, attributors: {kind: {key, dir,
+artifacts, val, test, open_set, best_epoch, epochs_run, seconds}}}. An attributor's key hashes its
+artifacts' keys, the split, the classes and the training settings: a rerun with nothing changed
+trains nothing, and an interrupted run keeps every kind it finished (a commit after each).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fingerprint_core.attribution import openset
+from fingerprint_core.attribution import split as split_mod
+from fingerprint_core.attribution.manifpt import FUSED, KINDS, ManiFPT
+from fingerprint_core.attribution.method import Inputs
+from fingerprint_core.spaces import SPACES
+from fingerprint_core.workspace import Workspace, WorkspaceError, key_of
+
+VERSION = 1  # bump when the same inputs and settings would train a different attributor
+KEY = "attribution"
+
+
+class NotTrainedError(WorkspaceError):
+    """A workspace without (this) trained attributor."""
+
+
+def available(ws: Workspace) -> list[str]:
+    """Kinds that can be trained: spaces whose artifacts every model has, and "fused" when all four are there."""
+    models = ws.model_names(include_real=True)
+    found = [s for s in SPACES if s in ws.space_names() and models and all(ws.has(m, s) for m in models)]
+    return found + ([FUSED] if len(found) == len(SPACES) else [])
+
+
+def needs(kind: str) -> tuple[str, ...]:
+    return tuple(SPACES) if kind == FUSED else (kind,)
+
+
+def artifacts_key(ws: Workspace, kind: str) -> str:
+    """Hash of the artifact entries an attributor of this kind reads (changes when any is recomputed)."""
+    models = ws.manifest.get("models", {})
+    entries = {m: {s: models[m].get("spaces", {}).get(s, {}).get("key") for s in needs(kind)}
+               for m in ws.model_names(include_real=True)}
+    return key_of(entries)
+
+
+def stored(ws: Workspace) -> dict[str, dict]:
+    """The trained attributors recorded in the workspace: kind -> its manifest entry."""
+    return dict(ws.manifest.get(KEY, {}).get("attributors", {}))
+
+
+def product_kind(ws: Workspace) -> str:
+    """The attributor answers come from: fused when trained, else the best by validation model accuracy."""
+    have = stored(ws)
+    if not have:
+        raise NotTrainedError(f"workspace {ws.path} has no trained attributor; train one with `manifpt train {ws.path}`")
+    if FUSED in have:
+        return FUSED
+    return max(have, key=lambda k: have[k]["val"].get("model", 0.0))
+
+
+def load(ws: Workspace, kind: str | None = None, *, device: str = "cpu") -> tuple[ManiFPT, openset.OpenSet, dict]:
+    """(attributor, open-set rule, manifest entry) of a kind (default: product_kind)."""
+    kind = kind or product_kind(ws)
+    entry = stored(ws).get(kind)
+    if entry is None:
+        raise NotTrainedError(f"workspace {ws.path} has no trained {kind} attributor; "
+                              f"train it with `manifpt train {ws.path} --spaces {kind}`")
+    folder = ws.path / entry["dir"]
+    return ManiFPT.load(folder, device=device), openset.OpenSet.load(folder), entry
+
+
+def train(
+    workspace: str | Path | Workspace,
+    *,
+    kinds: list[str] | tuple[str, ...] | None = None,
+    epochs: int = 20,
+    seed: int = 0,
+    device: str = "auto",
+    score: str = "mahalanobis",
+    force: bool = False,
+    on_epoch: Callable[[str, dict], None] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> pd.DataFrame:
+    """Train (or reuse) the attributors; returns accuracies: one row per kind and head (val, test)."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
+    can = available(ws)
+    kinds = list(kinds) if kinds else can
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise ValueError(f"unknown attributor(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+    missing = [k for k in kinds if k not in can]
+    if missing:
+        raise ValueError(f"workspace {ws.path} cannot train {', '.join(missing)}: it has artifacts in "
+                         f"{', '.join(ws.space_names()) or 'no space'} (fused needs all of {', '.join(SPACES)}); "
+                         "add spaces with `manifpt fingerprint --spaces ...`")
+    if score not in openset.SCORES:
+        raise ValueError(f"score={score!r}: choose one of {', '.join(openset.SCORES)}")
+    with ws.writing():
+        ws.manifest = Workspace.open(ws.path).manifest  # what another writer committed before we held the lock
+        table = split_mod.workspace_split(ws, seed=seed)
+        cls = split_mod.classes(ws)
+        if len(cls["model"]) < 2:
+            raise ValueError(f"workspace {ws.path} has {len(cls['model'])} class(es); attribution needs at least two")
+        record = ws.manifest.setdefault(KEY, {"attributors": {}})
+        record.update(split=ws.write_table("attribution-split", table), split_seed=seed, classes=cls)
+        parts = {p: table.index[table["part"] == p].to_numpy() for p in ("train", "val", "test")}
+        targets = {p: split_mod.targets(ws, table.iloc[ix], cls) for p, ix in parts.items()}
+        loaded: dict[str, np.ndarray] = {}  # space -> float32 artifacts of every row (shared by kinds)
+        for kind in kinds:
+            art_key = artifacts_key(ws, kind)
+            settings = {"epochs": epochs, "seed": seed, "score": score, "accept": openset.ACCEPT}
+            key = key_of(VERSION, kind, art_key, record["split"], cls, settings)
+            done = record["attributors"].get(kind)
+            if done and done["key"] == key and not force:
+                log(f"{kind}: up to date (trained before), reused")
+                continue
+            for s in needs(kind):
+                if s not in loaded:
+                    log(f"loading the {s} artifacts")
+                    loaded[s] = split_mod.load_inputs(ws, table, (s,)).artifacts[s]
+            data = Inputs(None, {s: loaded[s] for s in needs(kind)})
+            entry = _train_one(ws, kind, key, data, table, parts, targets, cls, epochs=epochs, seed=seed,
+                               device=device, score=score,
+                               on_epoch=(lambda row, k=kind: on_epoch(k, row)) if on_epoch else None)
+            entry["artifacts"] = art_key
+            record["attributors"][kind] = entry
+            ws.commit()  # resumable: every finished kind is kept
+            log(f"{kind}: test accuracy (model) {entry['test']['model']:.3f}, {entry['seconds']:.0f} s")
+        ws.commit()
+    return accuracy_table(ws, kinds)
+
+
+def _train_one(ws, kind, key, data, table, parts, targets, cls, *, epochs, seed, device, score, on_epoch) -> dict:
+    """Fit one attributor and its open-set rule; write them as a workspace entry; return its manifest entry."""
+    t0 = time.perf_counter()
+    shape = tuple(ws.config.get("image_shape") or ()) or None
+    method = ManiFPT(kind, epochs=epochs, image_shape=shape, progress=on_epoch)
+    x = {p: data.take(ix) for p, ix in parts.items()}
+    method.fit(x["train"], targets["train"], x["val"], targets["val"], classes=cls, seed=seed, device=device)
+    out = {p: method.features_and_logits(x[p]) for p in parts}
+    acc = {p: {h: float(np.mean(z.argmax(1) == targets[p][h])) if len(z) else float("nan")
+               for h, z in out[p][1].items()} for p in ("val", "test")}
+    rule = openset.fit(score, out["train"][0], targets["train"]["model"], len(cls["model"]),
+                       out["val"][0], out["val"][1]["model"])
+    test_scores = rule.score(out["test"][0], out["test"][1]["model"])
+    test = table.iloc[parts["test"]][["model", "index"]].reset_index(drop=True)
+    for h, z in out["test"][1].items():
+        test[f"pred_{h}"] = np.asarray(cls[h])[z.argmax(1)] if len(z) else []
+    test["open_set_score"] = test_scores
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        method.save(folder)
+        rule.save(folder)
+        files = {p.name: p.read_bytes() for p in folder.iterdir()}
+    rel = ws.write_entry(f"attribution/{kind}-{key}", {}, {"test.parquet": test}, files)
+    return {
+        "key": key,
+        "dir": rel,
+        "val": acc["val"],
+        "test": acc["test"],
+        "open_set": {"score": score, "threshold": rule.threshold, "accept": rule.accept,
+                     "test_accepted": float(np.mean(test_scores <= rule.threshold)) if len(test_scores) else float("nan")},
+        "best_epoch": method.best_epoch_,
+        "epochs_run": len(method.history_),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def accuracy_table(ws: Workspace, kinds: list[str] | None = None) -> pd.DataFrame:
+    """Validation and test accuracy per kind and head (long form: kind, head, val, test)."""
+    have = stored(ws)
+    rows = [{"kind": k, "head": h, "val": have[k]["val"].get(h, np.nan), "test": t}
+            for k in (kinds or list(have)) if k in have for h, t in have[k]["test"].items()]
+    return pd.DataFrame(rows, columns=["kind", "head", "val", "test"])

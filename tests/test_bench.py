@@ -1,0 +1,186 @@
+"""The benchmark: a tiny run over every protocol, its files, its resumption, the pieces it is made of,
+and the `manifpt bench` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fingerprint_core.attribution import baselines, bench
+from fingerprint_core.attribution.manifpt import ManiFPT
+from fingerprint_core.cli import main
+from fingerprint_core.workspace import Workspace
+from gmdata import TOY_MODELS, add_model, blob_images, make_gm_dataset, model_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny training steps: see conftest
+
+
+@pytest.fixture(scope="module")
+def bench_ws(tmp_path_factory) -> Workspace:
+    """A 1 x 16 x 16 workspace (rgb, freq) with four models: toy_gan and its twin toy_gan_b (same
+    design), toy_vae, and toy_rows (a third design with a row pattern)."""
+    from fingerprint_core.pipeline import fingerprint
+
+    root = make_gm_dataset(tmp_path_factory.mktemp("bench-data"), n_per_model=40, bad_file=False)
+    rng = np.random.default_rng(5)
+    add_model(root, "toy_gan_b", TOY_MODELS["toy_gan"], model_images("toy_gan", 40, 16, 1, rng))
+    rows = blob_images(40, 16, 1, rng).astype(np.float32)
+    rows[:, ::2] += 15
+    add_model(root, "toy_rows", ("gan", "pixel_shuffle", "hinge", "none"), np.clip(rows, 0, 255).round().astype(np.uint8))
+    path = tmp_path_factory.mktemp("bench-ws") / "ws"
+    fingerprint(root, path, space_names=("rgb", "freq"), device="cpu")
+    return Workspace.open(path)
+
+
+def tiny_methods() -> dict:
+    return {"Durall20": lambda: baselines.create("Durall20", Cs=(0.1, 1.0)),
+            "manifpt-rgb": lambda: ManiFPT("rgb", epochs=2, batch_size=16)}
+
+
+def run_tiny(ws, out, seeds=(0,)) -> bench.Bench:
+    b = bench.Bench(ws, out, tiny_methods(), settings=bench.Settings(seeds=seeds, lodo_folds=0, device="cpu"))
+    b.results_ = b.run()
+    return b
+
+
+def test_a_tiny_bench_runs_every_protocol_writes_three_files_and_resumes(bench_ws, tmp_path):
+    out = tmp_path / "bench"
+    first = run_tiny(bench_ws, out)
+    res = first.results_
+    assert first.reused == 0 and first.computed > 0
+    for name in ("Durall20", "manifpt-rgb"):
+        parts = res["parts"][name]
+        assert set(parts) == set(bench.PROTOCOLS)
+        for proto, by_seed in parts.items():
+            assert by_seed, proto
+            assert not any("skipped" in r for r in by_seed.values()), (name, proto)
+        assert set(parts["closed"]) == {"s0"} and set(parts["lodo"]) == {"s0"}
+        for r in parts["robust"].values():
+            assert set(bench.PERTURBATIONS) <= set(r) and all(0 <= r[p] <= 1 for p in bench.PERTURBATIONS)
+        assert len(parts["lodo"]["s0"]["folds"]) == 3  # every design: gan (with its twin), vae, rows
+        assert {"toy_gan", "toy_gan_b"} == set(parts["lodo"]["s0"]["folds"][0]["models"])
+        assert len(parts["openset"]["s0"]["folds"]) == 4  # one fold per model: four groups of one
+        assert parts["twins"]["s0"]["groups"] == [["toy_gan", "toy_gan_b"]]
+        assert parts["twins"]["s0"]["chance"] == pytest.approx(0.5)
+    durall = res["parts"]["Durall20"]["closed"]["s0"]
+    assert durall["accuracy"] > 2 * durall["chance"]  # the toy traces are easy for a spectrum
+
+    for f in ("results.json", "results.csv", "results.md"):
+        assert (out / f).is_file()
+    assert json.loads((out / "results.json").read_text())["summary"] == json.loads(json.dumps(res["summary"]))
+    csv = pd.read_csv(out / "results.csv")
+    assert {"method", "protocol", "metric", "mean", "std", "n"} <= set(csv.columns)
+    assert set(csv["protocol"]) == set(bench.PROTOCOLS)
+    md = (out / "results.md").read_text()
+    for text in ("| Durall20 |", "| manifpt-rgb |", "| chance |", "a closed acc", "b twins acc", "c JPEG 75",
+                 "d LODO upsampling", "e AUROC", "f FDR", "Split fixed at seed 0"):
+        assert text in md, text
+
+    again = run_tiny(bench_ws, out)  # nothing changed: every part comes from its file
+    assert again.computed == 0 and again.reused == first.computed
+    assert again.results_["summary"] == res["summary"]
+
+    (out / "parts" / "Durall20" / "fisher-s0.json").unlink()  # a lost part is computed again, alone
+    third = run_tiny(bench_ws, out, seeds=(0, 1))  # and a new seed adds only its own parts
+    assert third.computed == 1 + 2 * 4  # that part, then closed, robust, fisher, twins at seed 1 per method
+    assert set(third.results_["parts"]["manifpt-rgb"]["closed"]) == {"s0", "s1"}
+    summary = {(r["method"], r["protocol"], r["metric"]): r for r in third.results_["summary"]}
+    assert summary[("manifpt-rgb", "closed", "accuracy")]["n"] == 2
+    # the deterministic baseline gives the same number at every seed: std 0, and the table says ±
+    assert summary[("Durall20", "closed", "accuracy")]["std"] == 0
+    assert "±" in (out / "results.md").read_text()
+
+
+def test_robustness_reprojects_perturbed_images_onto_the_manifold(bench_ws):
+    from fingerprint_core.attribution import split
+
+    b = bench.Bench(bench_ws, "/nonexistent", tiny_methods(), settings=bench.Settings(device="cpu"))
+    test = b.part["test"]
+    clean = b.inputs(("images", "rgb", "freq"), test)
+    rp = bench.Reprojector(bench_ws, device="cpu")
+    for space in ("rgb", "freq"):  # the clean images give back exactly the stored artifacts
+        np.testing.assert_array_equal(rp.artifacts(clean.images, space), clean.artifacts[space])
+    noisy = b.perturbed("noise2", ("images", "rgb"))
+    assert not np.array_equal(noisy.images, clean.images)
+    # an independent recomputation: pixels in [0, 1] minus the float64 brute-force nearest reference
+    q = noisy.images.reshape(len(test), -1).astype(np.float64) / 255
+    ref = np.asarray(bench_ws.reference_images()).reshape(-1, q.shape[1]).astype(np.float64) / 255
+    nearest = ((q[:, None, :] - ref[None]) ** 2).sum(-1).argmin(1)
+    expected = (q - ref[nearest]).astype(np.float16).astype(np.float32)
+    np.testing.assert_array_equal(noisy.artifacts["rgb"], expected)
+    assert not np.array_equal(noisy.artifacts["rgb"], clean.artifacts["rgb"])
+    assert split.FRACTIONS["test"] == 0.2  # the robustness set is the test split
+
+
+def test_fisher_ratio_on_known_clusters():
+    x = np.array([[0.0], [2.0], [10.0], [12.0]])
+    y = np.array([0, 0, 1, 1])
+    # means 1 and 11 around 6: between = 2 * 25 * 2 = 100; within = 4 * 1 = 4
+    assert bench.fisher_ratio(x, y) == pytest.approx(25.0)
+    assert bench.fisher_ratio(np.vstack([x, x + 100]), np.r_[y, y]) < 25  # the same clusters twice, far apart: mixed
+    assert bench.fisher_ratio(x, np.array([0, 1, 0, 1])) < 1
+
+
+def test_designs_and_twins_ignore_the_seed_column():
+    design = pd.DataFrame({"model": ["a-s0", "a-s1", "b-s0", "c-s0", "real"],
+                           "family": ["gan", "gan", "gan", "vae", "real"],
+                           "upsampling": ["tconv", "tconv", "nearest", "tconv", "none"],
+                           "seed": ["0", "1", "0", "0", ""]})
+    groups = bench.design_groups(design, ["a-s0", "a-s1", "b-s0", "c-s0"])
+    assert list(groups.values()) == [["a-s0", "a-s1"], ["b-s0"], ["c-s0"]]
+    assert bench.twin_groups(design, ["a-s0", "a-s1", "b-s0", "c-s0"]) == [["a-s0", "a-s1"]]
+    assert bench.twin_groups(design, ["a-s0", "b-s0"]) == []
+
+
+def test_perturbations_do_what_they_say():
+    rng = np.random.default_rng(0)
+    flat = np.full((3, 1, 8, 8), 100, np.uint8)
+    board = (np.indices((8, 8)).sum(0) % 2 * 100 + 50).astype(np.uint8)[None, None]
+    assert np.array_equal(bench.perturb(flat, "down2"), flat)
+    assert np.abs(bench.perturb(board, "down2").astype(int) - 100).max() <= 1  # 2 x 2 averages of 50 and 150
+    noisy = bench.perturb(np.full((4, 1, 64, 64), 128, np.uint8), "noise2")
+    assert 1.7 < (noisy.astype(float) - 128).std() < 2.3
+    assert np.array_equal(noisy, bench.perturb(np.full((4, 1, 64, 64), 128, np.uint8), "noise2"))  # seeded
+    img = rng.integers(0, 255, (2, 3, 16, 16), dtype=np.uint8)
+    squeezed = bench.perturb(img, "jpeg75")
+    assert squeezed.shape == img.shape and not np.array_equal(squeezed, img)
+    with pytest.raises(ValueError, match="unknown perturbation 'blur'"):
+        bench.perturb(img, "blur")
+
+
+def test_method_names_groups_and_workspaces_without_learned_spaces(bench_ws):
+    factories, skipped = bench.method_factories(bench_ws)
+    assert list(factories)[:6] == baselines.names()
+    assert {"manifpt-rgb", "manifpt-freq"} <= set(factories)
+    assert set(skipped) == {"manifpt-sl", "manifpt-ssl", "manifpt-fused"}
+    assert "no sl artifacts" in skipped["manifpt-sl"]
+    assert list(bench.method_factories(bench_ws, ["baselines"])[0]) == baselines.names()
+    assert list(bench.method_factories(bench_ws, ["MANIFPT-RGB", "durall20"])[0]) == ["manifpt-rgb", "Durall20"]
+    with pytest.raises(ValueError, match="unknown method 'clip'"):
+        bench.method_factories(bench_ws, ["clip"])
+    with pytest.raises(ValueError, match="openset_groups=2 must be >= 3"):
+        bench.Bench(bench_ws, "/nonexistent", tiny_methods(), settings=bench.Settings(openset_groups=2))
+
+
+def test_the_bench_command(bench_ws, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["bench", str(bench_ws.path), "--out", str(out), "--methods", "Dzanic20", "--seeds", "0",
+            "--lodo-folds", "1", "--openset-groups", "3", "--device", "cpu", "-q"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| Dzanic20 |" in printed and "| chance |" in printed and "results.md" in printed
+    assert len(json.loads((out / "results.json").read_text())["parts"]["Dzanic20"]["lodo"]["s0"]["folds"]) == 1
+    assert main(argv) == 0  # a rerun: the same table from the saved parts
+    assert capsys.readouterr().out == printed
+    assert main(["bench", str(bench_ws.path), "--out", str(out), "--methods", "clip"]) == 1
+    assert "unknown method 'clip'" in capsys.readouterr().err
+    assert main(["bench", str(bench_ws.path), "--out", str(out), "--seeds", "a,b"]) == 1
+    assert "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    helps = " ".join(capsys.readouterr().out.split())  # the defaults the help states are the module's
+    assert f"0 = all (default {bench.LODO_FOLDS})" in helps and f"one fold each (default {bench.OPENSET_GROUPS})" in helps
+    assert "default " + ",".join(map(str, bench.SEEDS)) in helps
