@@ -406,7 +406,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         results = bench.run(Workspace.open(args.workspace), args.out, methods=methods, seeds=seeds,
                             lodo_folds=bench.LODO_FOLDS if args.lodo_folds is None else args.lodo_folds,
                             openset_groups=bench.OPENSET_GROUPS if args.openset_groups is None else args.openset_groups,
-                            device=args.device,
+                            device=args.device, train_per_model=args.train_per_model, max_epochs=args.max_epochs,
                             progress=_PartProgress(args.quiet))
     except KeyboardInterrupt:
         print(f"interrupted: finished parts are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
@@ -433,6 +433,11 @@ def _add_bench_command(sub) -> None:
     b.add_argument("--openset-groups", type=int, default=None,
                    help="groups of models for the open-set protocol, one fold each (default 5)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    b.add_argument("--train-per-model", type=int, default=0,
+                   help="train on a seeded subset of this many training samples per model, the same for every "
+                        "method (a CPU budget; default 0 = the whole 70%%)")
+    b.add_argument("--max-epochs", type=int, default=0,
+                   help="cap the epochs of every epoch-trained method alike (default 0 = each method's default)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-part lines")
     b.set_defaults(run=_cmd_bench)

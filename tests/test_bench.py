@@ -184,3 +184,21 @@ def test_the_bench_command(bench_ws, tmp_path, capsys):
     helps = " ".join(capsys.readouterr().out.split())  # the defaults the help states are the module's
     assert f"0 = all (default {bench.LODO_FOLDS})" in helps and f"one fold each (default {bench.OPENSET_GROUPS})" in helps
     assert "default " + ",".join(map(str, bench.SEEDS)) in helps
+
+
+def test_budget_knobs_subsample_training_rows_and_cap_epochs_for_every_method(bench_ws):
+    table = bench.subsample_train(bench.split_mod.workspace_split(bench_ws, seed=bench.SPLIT_SEED), 10)
+    full = bench.split_mod.workspace_split(bench_ws, seed=bench.SPLIT_SEED)
+    counts = table.groupby(["model", "part"]).size().unstack(fill_value=0)
+    n_train = full[full["part"] == "train"].groupby("model").size()
+    assert (counts["train"] == 10).all() and counts["unused"].equals(n_train - 10)
+    for part in ("val", "test"):  # untouched
+        assert (table["part"] == part).equals(full["part"] == part)
+    assert bench.subsample_train(full, 0).equals(full)
+    factories, _ = bench.method_factories(bench_ws, ["Yu19", "manifpt-rgb", "Durall20"], max_epochs=3)
+    assert factories["Yu19"]().params["epochs"] == 3 and factories["manifpt-rgb"]().epochs == 3
+    assert "epochs" not in bench.identity(factories["Durall20"]())  # not trained in epochs: unchanged
+    b = bench.Bench(bench_ws, "/nonexistent", tiny_methods(), settings=bench.Settings(train_per_model=10, device="cpu"))
+    assert len(b.part["train"]) == 10 * len(bench_ws.model_names(include_real=True))
+    assert b._key("Durall20", "closed", 0) != bench.Bench(bench_ws, "/nonexistent", tiny_methods(),
+                                                           settings=bench.Settings(device="cpu"))._key("Durall20", "closed", 0)

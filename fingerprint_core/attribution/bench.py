@@ -125,6 +125,20 @@ def perturb(images: np.ndarray, kind: str, *, seed: int = SPLIT_SEED) -> np.ndar
     raise ValueError(f"unknown perturbation {kind!r}; choose one of {', '.join(PERTURBATIONS)}")
 
 
+def subsample_train(table: pd.DataFrame, per_model: int) -> pd.DataFrame:
+    """The split with all but a seeded per_model training rows of each model marked "unused"
+    (validation and test rows untouched); per_model <= 0 keeps every row."""
+    if per_model <= 0:
+        return table
+    part = table["part"].to_numpy().copy()
+    rng = np.random.default_rng(SPLIT_SEED)
+    for model in dict.fromkeys(table["model"]):
+        train = np.flatnonzero((table["model"].to_numpy() == model) & (part == "train"))
+        if len(train) > per_model:
+            part[rng.permutation(train)[per_model:]] = "unused"
+    return table.assign(part=part)
+
+
 # ---- methods -------------------------------------------------------------------------------------
 
 def manifpt_kinds() -> tuple[str, ...]:
@@ -141,8 +155,18 @@ def all_method_names() -> list[str]:
     return baselines.names() + [f"manifpt-{k}" for k in manifpt_kinds()]
 
 
-def method_factories(ws: Workspace, names: list[str] | None = None) -> tuple[dict[str, Factory], dict[str, str]]:
-    """(name -> factory of a fresh method, name -> why it cannot run on this workspace)."""
+def _capped(cls, params: dict, max_epochs: int) -> dict:
+    """params plus epochs = min(the class's default, max_epochs) when the class trains in epochs."""
+    default = inspect.signature(cls.__init__).parameters.get("epochs")
+    if max_epochs > 0 and default is not None and isinstance(default.default, int):
+        return {**params, "epochs": min(default.default, max_epochs)}
+    return params
+
+
+def method_factories(ws: Workspace, names: list[str] | None = None, *, max_epochs: int = 0
+                     ) -> tuple[dict[str, Factory], dict[str, str]]:
+    """(name -> factory of a fresh method, name -> why it cannot run on this workspace); max_epochs > 0
+    caps every epoch-trained method alike."""
     known = all_method_names()
     groups = {"baselines": baselines.names(), "manifpt": [k for k in known if k.startswith("manifpt-")]}
     wanted = []
@@ -155,7 +179,8 @@ def method_factories(ws: Workspace, names: list[str] | None = None) -> tuple[dic
     shape = tuple(int(v) for v in ws.config.get("image_shape", [])) or None
     for name in wanted:
         if name in baselines.BASELINES:
-            factories[name] = lambda name=name: baselines.create(name)
+            kw = _capped(baselines.lookup(name), {}, max_epochs)
+            factories[name] = lambda name=name, kw=kw: baselines.create(name, **kw)
             continue
         from fingerprint_core.attribution.manifpt import ManiFPT
         from fingerprint_core.attribution.train import available
@@ -164,7 +189,8 @@ def method_factories(ws: Workspace, names: list[str] | None = None) -> tuple[dic
         if kind not in available(ws):
             skipped[name] = f"the workspace has no {kind} artifacts for every model (spaces: {', '.join(ws.space_names())})"
             continue
-        factories[name] = lambda kind=kind: ManiFPT(kind, image_shape=shape)
+        kw = _capped(ManiFPT, {"image_shape": shape}, max_epochs)
+        factories[name] = lambda kind=kind, kw=kw: ManiFPT(kind, **kw)
     return factories, skipped
 
 
@@ -234,6 +260,8 @@ class Settings:
     lodo_folds: int = LODO_FOLDS
     openset_groups: int = OPENSET_GROUPS
     device: str = "auto"
+    train_per_model: int = 0  # > 0: a seeded subset of each model's training split (CPU budgets); 0 = all of it
+    max_epochs: int = 0  # > 0: caps the epochs of every epoch-trained method alike
 
 
 class Bench:
@@ -253,7 +281,7 @@ class Bench:
                              "the groups left after one to calibrate and one to test")
         self.skipped = dict(skipped or {})
         self.progress = progress or Progress()
-        self.table = split_mod.workspace_split(ws, seed=SPLIT_SEED)
+        self.table = subsample_train(split_mod.workspace_split(ws, seed=SPLIT_SEED), self.settings.train_per_model)
         self.classes = split_mod.classes(ws)
         if len(self.classes["model"]) < 2:
             raise ValueError(f"workspace {ws.path} has {len(self.classes['model'])} class(es); the benchmark needs two")
@@ -308,7 +336,8 @@ class Bench:
     def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
         extra = {"lodo": self.lodo_plan, "openset": [(f.calibration, f.test) for f in self.openset_plan],
                  "robust": [PERTURBATIONS, JPEG_QUALITY, NOISE_SIGMA]}.get(protocol)
-        return key_of(VERSION, self.ws_key, SPLIT_SEED, identity(self.factories[name]()), protocol, seed, fold, extra)
+        return key_of(VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
+                      protocol, seed, fold, extra)
 
     def _path(self, name: str, protocol: str, seed: int, fold: int | None = None) -> Path:
         base = self.out / "parts" / name
@@ -547,7 +576,8 @@ class Bench:
             "versions": versions(),
             "settings": {"split_seed": SPLIT_SEED, "training_seeds": list(s.seeds), "lodo_folds": s.lodo_folds,
                          "openset_groups": s.openset_groups, "device": s.device, "perturbations": list(PERTURBATIONS),
-                         "jpeg_quality": JPEG_QUALITY, "noise_sigma_codes": NOISE_SIGMA, "openset_score": SCORE},
+                         "jpeg_quality": JPEG_QUALITY, "noise_sigma_codes": NOISE_SIGMA, "openset_score": SCORE,
+                         "train_per_model": s.train_per_model, "max_epochs": s.max_epochs},
             "plans": {"lodo": self.lodo_plan, "openset": [{"calibration": list(f.calibration), "test": list(f.test)}
                                                            for f in self.openset_plan],
                       "twins": twin_groups(self.design, self.generated)},
@@ -595,6 +625,11 @@ def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
     seeds = ",".join(map(str, s.seeds))
     return [
         f"Split fixed at seed {SPLIT_SEED} (70/10/20 per model); training seeds {seeds} change init, batch order, augmentation.",
+        ("Training rows: all of each model's 70%." if s.train_per_model <= 0 else
+         f"Training rows: a seeded {s.train_per_model} of each model's 70% (the same rows for every method); "
+         "validation and test rows: all."),
+        ("Epochs: each method's default." if s.max_epochs <= 0 else
+         f"Epochs: at most {s.max_epochs} for every epoch-trained method (early stopping on validation as usual)."),
         f"a, b, c, f: mean ± std over training seeds {seeds}; d, e: first seed only, mean ± std over folds.",
         "a closed: model-head test accuracy (the held-out real images are one class).",
         "b twins: models of one design trained with several seeds; each sample chooses among its own twins.",
@@ -697,7 +732,7 @@ def write_results(out: Path, results: dict) -> None:
 
 def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factory] | None = None,
         seeds: tuple[int, ...] = SEEDS, lodo_folds: int = LODO_FOLDS, openset_groups: int = OPENSET_GROUPS,
-        device: str = "auto", progress: Progress | None = None) -> dict:
+        device: str = "auto", train_per_model: int = 0, max_epochs: int = 0, progress: Progress | None = None) -> dict:
     """Run (or resume) the benchmark of a workspace into out; returns the results document.
 
     methods: names (default: every baseline and ManiFPT kind the workspace allows) or a dict of
@@ -706,8 +741,9 @@ def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factor
     if isinstance(methods, dict):
         factories, skipped = dict(methods), {}
     else:
-        factories, skipped = method_factories(ws, methods)
+        factories, skipped = method_factories(ws, methods, max_epochs=max_epochs)
     if not factories:
         raise ValueError("no method can run on this workspace: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
-    settings = Settings(tuple(int(s) for s in seeds), int(lodo_folds), int(openset_groups), device)
+    settings = Settings(tuple(int(s) for s in seeds), int(lodo_folds), int(openset_groups), device,
+                        int(train_per_model), int(max_epochs))
     return Bench(ws, out, factories, settings=settings, skipped=skipped, progress=progress).run()
