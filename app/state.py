@@ -7,12 +7,17 @@ import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from fingerprint_core.workspace import MANIFEST, REAL, Workspace, WorkspaceError, default_root, discover
+
+if TYPE_CHECKING:  # the analysis pulls in sklearn and torch: imported when a page first needs it
+    from fingerprint_core.analysis.run import Analysis
+    from fingerprint_core.analysis.spectra import ModelSpectra
 
 ROOT_ENV = "MANIFPT_WORKSPACE"
 WORKSPACE_KEY = "workspace"  # session_state: path (str) of the chosen workspace, or None
@@ -149,3 +154,156 @@ def sample_set(path: str, stamp: str, model: str, k: int, seed: int, nearest_spa
             details[f"x* {s}"] = np.asarray(ws.nearest(model, s)[idx])
             details[f"d² {s}"] = np.asarray(ws.distance(model, s)[idx], dtype=np.float64)
     return SampleSet(idx, samples, nearest, nearest_space, arts, details)
+
+
+# ---- the analysis: fingerprint map, spectra, design metrics (`manifpt analyze`) ----------------
+
+
+def analyze_command(path: str) -> str:
+    """The shell command that computes (or refreshes) a workspace's analysis."""
+    return f"manifpt analyze {shlex.quote(str(path))}"
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _analysis(path: str, stamp: str) -> tuple[str, Analysis | None]:
+    """("current", the analysis), ("missing" | "stale", None), or ("unreadable: why", None); shared, read-only."""
+    from fingerprint_core.analysis.run import Analysis
+
+    ws = _open(path, stamp)
+    try:
+        found = Analysis.state(ws)
+        return found, (Analysis.load(ws) if found == "current" else None)
+    except (OSError, ValueError, KeyError) as e:  # a damaged analysis entry: say why, never a traceback
+        return f"unreadable: {e}", None
+
+
+def analysis_of(path: str, stamp: str) -> Analysis | None:
+    """The workspace's current analysis, or None (missing, stale or unreadable)."""
+    return _analysis(path, stamp)[1]
+
+
+class StatusProgress:
+    """Progress of a run shown as a bar inside an st.status container (the pipeline's Progress interface)."""
+
+    def __init__(self) -> None:
+        self.bar, self.total, self.done = None, 1, 0
+
+    def task(self, desc: str, total: int) -> "StatusProgress":
+        self.total, self.done = max(total, 1), 0
+        self.bar = st.progress(0.0, text=desc)
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.progress(min(self.done / self.total, 1.0), text=f"step {self.done} of {self.total}")
+
+    def close(self) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        st.write(message)
+
+
+def run_analysis(path: str) -> None:
+    """Run `manifpt analyze` on the workspace inside an st.status, then rerun the page (errors are shown)."""
+    from fingerprint_core.analysis.run import analyze
+
+    with st.status("Analysing the workspace: fingerprint maps, spectra, design metrics…", expanded=True) as status:
+        try:
+            analyze(Workspace.open(path), progress=StatusProgress())
+        except (WorkspaceError, OSError, ValueError, KeyError) as e:
+            status.update(label="The analysis failed", state="error")
+            st.error(f"The analysis of `{Path(path).name}` failed: {e}", icon=":material/error:")
+            return
+        status.update(label="Analysis done", state="complete", expanded=False)
+    st.rerun()
+
+
+def require_analysis(path: str, stamp: str) -> Analysis:
+    """The workspace's current analysis; otherwise say why there is none, how to make it, and stop the page."""
+    found, analysis = _analysis(path, stamp)
+    if analysis is not None:
+        return analysis
+    name = Path(path).name
+    if found == "missing":
+        st.info(f"The workspace **{name}** has no analysis yet: the fingerprint map (UMAP), the spectra and "
+                "the design-choice metrics are computed once and kept in the workspace. Compute them with:",
+                icon=":material/info:")
+    elif found == "stale":
+        st.warning(f"The analysis of **{name}** is out of date: the fingerprints or the design table changed "
+                   "since it ran. Refresh it with:", icon=":material/update:")
+    else:
+        st.error(f"The analysis of **{name}** cannot be read ({found.removeprefix('unreadable: ')}). "
+                 "Recompute it with:", icon=":material/error:")
+    st.code(analyze_command(path) + ("" if found in ("missing", "stale") else " --force"), language="bash")
+    if st.button("Run the analysis here", icon=":material/play_arrow:", key="run_analysis",
+                 help="Runs the same computation in this app; it can take minutes on a large workspace."):
+        run_analysis(path)
+    st.stop()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def design_table(path: str, stamp: str) -> pd.DataFrame:
+    """The design table (models.csv rows and the real control), every value as text."""
+    return _open(path, stamp).design().astype(str)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def map_frame(path: str, stamp: str, space: str) -> pd.DataFrame:
+    """The fingerprint map of a space: one row per sample (model, index, x, y); a sample's row id is its position."""
+    analysis = analysis_of(path, stamp)
+    frame = analysis.fingerprint_map(space)
+    frame["model"] = pd.Categorical(frame["model"], categories=analysis.models)  # cheap to copy out of the cache
+    frame["x"] = frame["x"].astype(np.float32)
+    frame["y"] = frame["y"].astype(np.float32)
+    return frame
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def spectra_of(path: str, stamp: str) -> dict[str, ModelSpectra]:
+    """Every model's spectra (the real control under "real"), as small in-memory arrays."""
+    analysis = analysis_of(path, stamp)
+    return {m: analysis.spectra(m) for m in analysis.models}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def selected_samples(path: str, stamp: str, picks: tuple[tuple[str, int], ...], nearest_space: str) -> SampleSet:
+    """Samples picked as (model, index) with their nearest real image (in nearest_space) and rgb/freq artifacts."""
+    ws = _open(path, stamp)
+    reference = ws.reference_images()
+    samples, nearest, rows = [], [], []
+    arts: dict[str, list[np.ndarray]] = {s: [] for s in IMAGE_SPACES}
+    for model, index in picks:
+        samples.append(np.asarray(ws.images(model)[index]))
+        x_star = int(ws.nearest(model, nearest_space)[index])
+        nearest.append(np.asarray(reference[x_star]))
+        for s in IMAGE_SPACES:
+            if ws.has(model, s):
+                arts[s].append(np.asarray(ws.artifacts(model, s)[index], dtype=np.float32).reshape(samples[-1].shape))
+        rows.append({"model": model, "sample": int(index), f"x* {nearest_space}": x_star,
+                     f"d² {nearest_space}": float(ws.distance(model, nearest_space)[index])})
+    details = pd.DataFrame(rows)
+    details.insert(0, "row", [f"#{i + 1}" for i in range(len(picks))])
+    artifacts = {s: np.stack(a) for s, a in arts.items() if a and len(a) == len(picks)}
+    return SampleSet(np.array([i for _, i in picks], dtype=np.int64), np.stack(samples), np.stack(nearest),
+                     nearest_space, artifacts, details)
+
+
+def selection_table(path: str, space: str, frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    """The selected samples for export: model, sample, file, map position, design choices, nearest real image."""
+    ws = open_workspace(path)
+    sel = frame.iloc[np.asarray(rows, dtype=np.int64)]
+    parts = []
+    for model, part in sel.groupby("model", sort=False, observed=True):
+        model, index = str(model), part["index"].to_numpy()
+        parts.append(pd.DataFrame({
+            "model": model, "sample": index, "file": ws.sources(model)["file"].to_numpy()[index],
+            "umap_x": part["x"].to_numpy(), "umap_y": part["y"].to_numpy(),
+            f"nearest_real_{space}": np.asarray(ws.nearest(model, space))[index],
+            f"d2_{space}": np.asarray(ws.distance(model, space), dtype=np.float64)[index],
+        }))
+    cols = ["model", "sample", "file", "umap_x", "umap_y", f"nearest_real_{space}", f"d2_{space}"]
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    design = ws.design().astype(str)
+    return table.merge(design, on="model", how="left")[cols[:3] + [c for c in design.columns if c != "model"] + cols[3:]]

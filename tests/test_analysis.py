@@ -126,3 +126,11 @@ def test_analyze_caches_in_the_workspace_and_prints_the_json_contract(gray_works
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"nmi", "silhouette", "lomo"}
     assert isinstance(out["nmi"]["freq"]["upsampling"], float)
+    # models.csv gains a column: the cached analysis no longer matches the workspace
+    ws = Workspace.open(ws_path)
+    assert Analysis.state(ws) == "current" and loaded.is_current(ws)
+    design = ws.design()
+    design["depth"] = "4"
+    ws.manifest["design"] = ws.write_table("design", design)
+    ws.commit()
+    assert Analysis.state(ws) == "stale" and Analysis.load(ws) is None

@@ -24,15 +24,39 @@ def reduce(features: np.ndarray, *, n_components: int = 50, seed: int = 0) -> np
     return PCA(n_components=k, random_state=seed, svd_solver="randomized").fit_transform(x).astype(np.float32)
 
 
+def knn_graph(features: np.ndarray, k: int, *, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of every row among the rows, itself first: (indices int64 N x k,
+    Euclidean distances float32 N x k). Chunked matmul in torch: never N x N at once."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    sq = (x * x).sum(1)
+    idx = np.empty((len(x), k), dtype=np.int64)
+    dist = np.empty((len(x), k), dtype=np.float32)
+    for start in range(0, len(x), chunk):
+        q = x[start:start + chunk]
+        d2 = sq[start:start + chunk, None] + sq[None, :] - 2.0 * (q @ x.T)
+        rows = torch.arange(len(q))
+        d2[rows, rows + start] = -1.0  # the point itself comes first, even among exact duplicates
+        top = torch.topk(d2, k, dim=1, largest=False, sorted=True)
+        idx[start:start + len(q)] = top.indices.numpy()
+        dist[start:start + len(q)] = top.values.clamp_min(0).sqrt().numpy()
+    return idx, dist
+
+
 def umap_2d(features: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> np.ndarray:
     """Seeded 2-D UMAP coordinates (N x 2, float32) of feature rows; reproducible with its seed."""
     os.environ.setdefault("NUMBA_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "manifpt", "numba"))
     import umap  # imported late: numba compiles on first use
 
     x = np.asarray(features, dtype=np.float32)
+    k = min(n_neighbors, max(len(x) - 1, 2))
+    # the exact neighbour graph by matmul takes seconds; UMAP's own approximate search (NN-descent,
+    # single-threaded when seeded) took most of a minute per space at 60,000 points
+    knn = knn_graph(x, k) if len(x) > k else None
     with _UMAP_LOCK:
-        reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, max(len(x) - 1, 2)), min_dist=min_dist,
-                            random_state=seed, n_jobs=1)
+        reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, n_jobs=1,
+                            precomputed_knn=knn if knn is not None else (None, None, None))
         return reducer.fit_transform(x).astype(np.float32)
 
 

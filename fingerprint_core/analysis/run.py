@@ -79,13 +79,24 @@ def design_metrics(ws: Workspace, space: str, s: Settings) -> dict:
     return out
 
 
+def analysed_spaces(ws: Workspace) -> list[str]:
+    """The spaces every model (the held-out real set included) has fingerprints in."""
+    return [sp for sp in ws.space_names() if all(ws.has(m, sp) for m in ws.model_names(include_real=True))]
+
+
+def analysis_key(ws: Workspace, settings: dict) -> str:
+    """The cache key of an analysis: its settings and the fingerprints and design table it reads."""
+    spaces = analysed_spaces(ws)
+    sources = {m: {sp: ws.manifest["models"][m]["spaces"][sp]["key"] for sp in spaces} for m in ws.model_names(include_real=True)}
+    return key_of(ANALYSIS_VERSION, settings, sources, ws.manifest.get("design"))
+
+
 def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progress | None = None, force: bool = False) -> dict:
     """Compute (or reuse) every analysis of the workspace; returns the metrics summary."""
     s = settings or Settings()
     progress = progress or Progress()
-    spaces = [sp for sp in ws.space_names() if all(ws.has(m, sp) for m in ws.model_names(include_real=True))]
-    sources = {m: {sp: ws.manifest["models"][m]["spaces"][sp]["key"] for sp in spaces} for m in ws.model_names(include_real=True)}
-    key = key_of(ANALYSIS_VERSION, s.__dict__, sources, ws.manifest.get("design"))
+    spaces = analysed_spaces(ws)
+    key = analysis_key(ws, s.__dict__)
     cached = ws.manifest.get("analysis")
     if cached and cached.get("key") == key and not force:
         return json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
@@ -143,15 +154,46 @@ class Analysis:
     path: object
     metrics: dict
     models: list[str]
+    key: str | None = None  # the cache key it was made under
 
     @classmethod
     def load(cls, ws: Workspace) -> "Analysis | None":
         """The workspace's analysis, or None when `manifpt analyze` has not run (or is stale)."""
+        found = cls._read(ws)
+        return found if found is not None and found.is_current(ws) else None
+
+    @classmethod
+    def state(cls, ws: Workspace) -> str:
+        """One of "missing" (never analysed), "stale" (fingerprints or design table changed since) or "current"."""
+        found = cls._read(ws)
+        if found is None:
+            return "missing"
+        return "current" if found.is_current(ws) else "stale"
+
+    @classmethod
+    def _read(cls, ws: Workspace) -> "Analysis | None":
+        """The analysis the manifest names, current or not (None when there is none)."""
         entry = ws.manifest.get("analysis")
         if not entry:
             return None
         d = ws.path / entry["dir"]
-        return cls(d, json.loads((d / "metrics.json").read_text()), [str(m) for m in np.load(d / "models.npy")])
+        found = cls(d, json.loads((d / "metrics.json").read_text()), [str(m) for m in np.load(d / "models.npy")])
+        found.key = entry.get("key")
+        return found
+
+    def is_current(self, ws: Workspace) -> bool:
+        """Whether this analysis was made from the workspace's present fingerprints and design table."""
+        return self.key == analysis_key(ws, self.metrics.get("settings", {}))
+
+    @property
+    def spaces(self) -> list[str]:
+        """The spaces that have a fingerprint map and design metrics."""
+        return list(self.metrics.get("spaces", []))
+
+    @property
+    def has_spectra(self) -> bool:
+        """Whether spectra were computed (they need the rgb space)."""
+        return (self.path / "spectra_artifact.npy").is_file()
 
     def _npy(self, name: str) -> np.ndarray:
         return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
@@ -163,5 +205,6 @@ class Analysis:
         return pd.DataFrame({"model": model, "index": self._npy(f"umap_{space}_index"), "x": xy[:, 0], "y": xy[:, 1]})
 
     def spectra(self, model: str) -> spectra.ModelSpectra:
+        """The mean log power spectra of a model's RGB artifacts and samples, and their profiles."""
         i = self.models.index(model)
         return spectra.ModelSpectra(*(np.asarray(self._npy(f"spectra_{p}")[i]) for p in ("artifact", "sample", "artifact_profile", "sample_profile")))

@@ -1,0 +1,131 @@
+"""Fingerprint map page: a UMAP of every sample's artifact; select a region to see its samples."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from app import figures, figures_analysis, state
+
+CHART_KEY = "map_chart"
+SELECTION_KEY = "map_selection"  # session_state: {"where": path|stamp|space, "rows": [frame rows]} or None
+GRID_MAX = 16
+
+
+def selection_where(path: str, stamp: str, space: str) -> str:
+    """What a selection's row ids refer to: one space's map of one version of one workspace."""
+    return f"{path}|{stamp}|{space}"
+
+
+def remember_selection(path: str, stamp: str, space: str) -> None:
+    """On a box or lasso selection (or its clearing): keep the selected rows, so recolouring keeps them."""
+    event = st.session_state.get(CHART_KEY)
+    points = event["selection"]["points"] if event else []
+    rows = figures_analysis.rows_of_points(points, state.map_frame(path, stamp, space))
+    where = selection_where(path, stamp, space)
+    st.session_state[SELECTION_KEY] = {"where": where, "rows": rows.tolist()} if len(rows) else None
+
+
+def clear_selection() -> None:
+    st.session_state[SELECTION_KEY] = None
+
+
+def current_selection(where: str, n_rows: int) -> np.ndarray:
+    """The remembered selection of this map (empty if it was made on another)."""
+    sel = st.session_state.get(SELECTION_KEY)
+    if not sel or sel.get("where") != where:
+        return np.zeros(0, dtype=np.int64)
+    rows = np.asarray(sel["rows"], dtype=np.int64)
+    return rows[(rows >= 0) & (rows < n_rows)]
+
+
+def controls(spaces: list[str], factors: list[str]) -> tuple[str, str, str]:
+    """Space, colouring and view, in one row."""
+    c_space, c_color, c_view = st.columns([2.2, 2, 2], vertical_alignment="bottom")
+    space = c_space.segmented_control("Space", spaces, default=spaces[0], key="map_space",
+                                      help="Each space has its own nearest real images, artifacts and map.")
+    color_by = c_color.selectbox("Colour by", ["model", *factors], key="map_color",
+                                 help="Any column of the design table; the held-out real images are grey.")
+    view = c_view.segmented_control("Show", ["samples", "model centroids"], default="samples", key="map_view",
+                                    help="Every sample, or the mean map position of each model.")
+    return space or spaces[0], color_by, view or "samples"
+
+
+def selection_panel(path: str, stamp: str, space: str, frame, rows: np.ndarray) -> None:
+    """Counts per model, a CSV export of the selection, and a grid of some of its samples."""
+    sel = frame.iloc[rows]
+    counts = sel["model"].astype(str).value_counts()
+    head, clear = st.columns([5, 1], vertical_alignment="bottom")
+    head.subheader(f"Selection: {len(rows):,} samples from {len(counts)} model{'s' if len(counts) != 1 else ''}")
+    clear.button("Clear selection", icon=":material/close:", on_click=clear_selection, width="stretch")
+    c_grid, c_side = st.columns([3, 2], gap="large")
+    with c_grid:
+        k = min(GRID_MAX, len(rows))
+        shown = st.slider("Samples shown", 1, k, min(8, k), key="map_k") if k > 1 else 1
+        pick = np.sort(np.random.default_rng(0).choice(rows, size=shown, replace=False))  # a seeded draw
+        picks = tuple((str(m), int(i)) for m, i in zip(frame["model"].to_numpy()[pick], frame["index"].to_numpy()[pick]))
+        draw = state.selected_samples(path, stamp, picks, space)
+        fig = figures.sample_grid(draw.samples, draw.nearest, draw.artifacts.get("rgb"), draw.artifacts.get("freq"),
+                                  labels=list(draw.details["row"]), nearest_space=space)
+        st.plotly_chart(fig, width="content", key="map_grid", config={"displaylogo": False})
+    with c_side:
+        st.markdown("**Selected, per model**")
+        st.dataframe(counts.rename_axis("model").reset_index(name="samples"), hide_index=True, width="stretch",
+                     height=min(35 * len(counts) + 38, 300))
+        st.download_button(
+            "Download CSV", data=lambda: state.selection_table(path, space, frame, rows).to_csv(index=False),
+            file_name=f"{Path(path).name}-{space}-selection.csv", mime="text/csv", icon=":material/download:",
+            on_click="ignore", key="map_csv",
+            help="Every selected sample: model, sample index, source file, map position, design choices, "
+                 f"nearest real image and squared distance in the {space} space.",
+        )
+        st.markdown("**Samples in the grid**")
+        st.caption(f"A seeded draw of {shown} of the {len(rows):,} selected samples, each beside its nearest real "
+                   f"image in the {space} space and its RGB and FREQ artifacts (as on the Models page).")
+        st.dataframe(draw.details, hide_index=True, width="stretch",
+                     column_config={f"d² {space}": st.column_config.NumberColumn(format="%.4g")})
+
+
+def main() -> None:
+    ws = state.require_workspace()
+    path = state.current_path()
+    stamp = state.stamp(path)
+    st.title("Fingerprint map")
+    analysis = state.require_analysis(path, stamp)
+    if not analysis.spaces:
+        st.warning("The analysis holds no fingerprint map: no space is fingerprinted for every model.")
+        st.stop()
+    design = state.design_table(path, stamp)
+    factors = [c for c in design.columns if c != "model"]
+    st.caption(
+        f"Every sample's artifact (sample minus its nearest real image), reduced to 2-D with UMAP (seeded; PCA to "
+        f"{analysis.metrics.get('settings', {}).get('pca_components', 50)} dimensions first). Nearby points have "
+        "similar artifacts. Drag a box, or pick the lasso in the chart's toolbar, to select samples; a new "
+        "selection replaces the last, and *Clear selection* below the map removes it."
+    )
+    space, color_by, view = controls(analysis.spaces, factors)
+    frame = state.map_frame(path, stamp, space)
+    where = selection_where(path, stamp, space)
+    rows = current_selection(where, len(frame))
+    if view == "samples":
+        fig = figures_analysis.map_figure(frame, design, color_by, selected=rows if len(rows) else None)
+    else:
+        picked = sorted(set(frame["model"].astype(str).to_numpy()[rows])) if len(rows) else []
+        fig = figures_analysis.centroid_figure(frame, design, color_by, selected_models=picked)
+    st.plotly_chart(
+        fig, key=CHART_KEY, on_select=partial(remember_selection, path, stamp, space), selection_mode=("box", "lasso"),
+        config={"displaylogo": False}, width="stretch",
+    )
+    st.caption(f"{len(frame):,} samples from {frame['model'].nunique()} sets in the {space} space. "
+               "Hover a point for its model and design choices; click a legend entry to hide that group.")
+    if len(rows):
+        selection_panel(path, stamp, space, frame, rows)
+    else:
+        st.info("Select a region of the map (box or lasso) to see its samples beside their nearest real "
+                "images and artifacts, and to export the selection as CSV.", icon=":material/select:")
+
+
+main()
