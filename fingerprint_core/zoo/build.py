@@ -134,10 +134,12 @@ def _rng_state(rng: torch.Generator) -> dict:
 
 
 def _set_rng_state(rng: torch.Generator, state: dict) -> None:
-    rng.set_state(state["noise"])
-    torch.set_rng_state(state["torch"])
+    # generator states are CPU byte tensors even for a CUDA generator; the checkpoint was loaded
+    # with map_location=device, which moved them onto the GPU
+    rng.set_state(state["noise"].cpu())
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], rng.device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), rng.device)
 
 
 def train_model(row: dict, out: Path, data: torch.Tensor, *, device: torch.device, log: BuildLog,
