@@ -19,11 +19,11 @@ st.set_page_config(page_title="ManiFPT Studio", page_icon=":material/fingerprint
 # One line per page; paths are relative to this file.
 PAGES = [
     st.Page("page_models.py", title="Models", icon=":material/grid_view:", default=True),
-    # st.Page("page_map.py", title="Fingerprint map", icon=":material/scatter_plot:"),
-    # st.Page("page_spectra.py", title="Spectra", icon=":material/graphic_eq:"),
-    # st.Page("page_design.py", title="Design choices", icon=":material/account_tree:"),
-    # st.Page("page_attribute.py", title="Attribute", icon=":material/search:"),
-    # st.Page("page_benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
+    st.Page("page_map.py", title="Fingerprint map", icon=":material/scatter_plot:"),
+    st.Page("page_spectra.py", title="Spectra", icon=":material/graphic_eq:"),
+    st.Page("page_design.py", title="Design choices", icon=":material/account_tree:"),
+    st.Page("page_attribute.py", title="Attribute", icon=":material/search:"),
+    st.Page("page_benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
 ]
 page = st.navigation(PAGES)
 

@@ -1,0 +1,291 @@
+"""Attribute page: drop images or a zip; per image, which model made it, its design choices, or unknown / real."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from app import figures_attribution as fat
+from app import state
+from app import state_attribution as sa
+from fingerprint_core.workspace import Workspace, WorkspaceError
+
+UPLOAD_KEY = "attr_upload"
+RESULTS_KEY = "attr_results"  # session_state: {"where", "by_file": {file id: Outcome}, "placed": {...}}
+TYPES = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "zip"]
+PAGE_SIZE = 8  # cards per page
+ERRORS_SHOWN = 8  # more refused files than this go into one table
+BADGE = {"known": "blue", "unknown": "orange", "real": "green"}
+
+
+# ---- no attributor yet -------------------------------------------------------------------------------------
+
+
+def train_here(path: str) -> None:
+    """Train the workspace's attributors inside an st.status (progress per epoch), then rerun the page."""
+    from fingerprint_core.attribution import train
+
+    with st.status("Training the attributors…", expanded=True) as status:
+        bar = st.progress(0.0, text="loading the artifacts")
+
+        def on_epoch(kind: str, row: dict) -> None:
+            bar.progress(min(row["epoch"] / row["epochs"], 1.0),
+                         text=f"{kind}: epoch {row['epoch']} of at most {row['epochs']} · validation accuracy "
+                              f"(model) {row['val_acc']['model']:.3f}")
+
+        try:
+            train.train(path, on_epoch=on_epoch, log=st.write)
+        except (WorkspaceError, ValueError, OSError) as e:
+            status.update(label="Training failed", state="error")
+            st.error(f"Training the attributors of `{Path(path).name}` failed: {e}", icon=":material/error:")
+            return
+        status.update(label="Attributors trained", state="complete", expanded=False)
+    st.rerun()
+
+
+def no_attributor(path: str) -> None:
+    """Say that the workspace has no trained attributor, how to train one, and stop the page."""
+    st.info(f"The workspace **{Path(path).name}** has no trained attributor yet, so it cannot attribute images. "
+            "Train one (a network per space that reads artifacts, plus the open-set rule) with:",
+            icon=":material/info:")
+    st.code(sa.train_command(path), language="bash")
+    if st.button("Train here", icon=":material/model_training:", key="attr_train",
+                 help="Runs the same training in this app: every space the workspace has, at most 20 epochs each. "
+                      "Minutes on a small workspace; on a CPU the demo takes the better part of an hour."):
+        train_here(path)
+    st.stop()
+
+
+# ---- the batch ---------------------------------------------------------------------------------------------
+
+
+def header(ws: Workspace, kind: str, entry: dict) -> None:
+    """Title and one line on the attributor that answers."""
+    st.title("Attribute")
+    test = entry.get("test", {}).get("model")
+    open_set = entry.get("open_set", {})
+    acc = f" (test accuracy {test:.1%} on the model head)" if test is not None else ""
+    st.caption(
+        f"Which model made these images? Each image is converted to this workspace's shape, its nearest real image "
+        f"is found in each space and its artifact (image minus nearest real) read by the **{kind}** attributor of "
+        f"**{ws.path.name}**{acc}. The verdict is *unknown* when the open-set score "
+        f"({open_set.get('score', 'mahalanobis')} distance of the attributor's features to the nearest known class) "
+        f"is above {open_set.get('threshold', float('nan')):.3g}, which {open_set.get('accept', 0.95):.0%} of known "
+        "validation images stay under."
+    )
+
+
+def caps_caption(ws: Workspace, padded_from: tuple[int, int] | None) -> None:
+    """The upload caps, and what happens to images of another shape."""
+    lim = sa.LIMITS
+    st.caption(
+        f"Up to {sa.MAX_IMAGES} images at once · {sa.UPLOAD_MB} MB per uploaded file · an image at most "
+        f"{lim.max_file_bytes // 2**20} MB and {lim.max_pixels / 1e6:.0f} megapixels · a zip at most "
+        f"{lim.max_members:,} entries and {lim.max_archive_bytes // 2**20} MB unpacked, no nested archives. "
+        "Files are read in memory and never written to the server's disk."
+    )
+    c, h, w = (int(v) for v in ws.config["image_shape"])
+    pad = f" ({padded_from[1]}×{padded_from[0]} is zero-padded, as the reference images are)" if padded_from else ""
+    other = "colour is converted to grayscale" if c == 1 else "grayscale is repeated to three channels"
+    st.caption(f"This workspace's images are {w}×{h} {'grayscale' if c == 1 else 'colour'}: other sizes are "
+               f"resized{pad} and {other}, which can erase the traces the attributor reads.")
+
+
+def load_attributor(path: str, stamp: str):
+    """The cached attributor; a clear message (and a stopped page) when it cannot be loaded."""
+    try:
+        with st.spinner("Loading the attributor, its encoders and the reference images (once per workspace)…"):
+            return sa.attributor(path, stamp)
+    except (WorkspaceError, ValueError, OSError) as e:
+        st.error(f"The attributor of **{Path(path).name}** cannot be loaded: {e}", icon=":material/error:")
+        st.stop()
+
+
+def attribute_uploads(path: str, stamp: str, kind: str, files: list) -> tuple[dict, list[sa.Outcome]]:
+    """The outcome of every uploaded file; only files not seen before are attributed (kept in session_state)."""
+    where = f"{path}|{stamp}|{kind}"
+    record = st.session_state.get(RESULTS_KEY)
+    if not record or record["where"] != where:  # another workspace, or it was retrained: answers differ
+        record = {"where": where, "by_file": {}, "placed": {}}
+    ids = [f.file_id for f in files]
+    record["by_file"] = {i: o for i, o in record["by_file"].items() if i in ids}  # files removed from the uploader
+    new = [f for f in files if f.file_id not in record["by_file"]]
+    if new:
+        attributor = load_attributor(path, stamp)
+        used = sum(len(o.cards) for o in record["by_file"].values())
+        with st.spinner(f"Attributing {len(new)} file{'s' if len(new) != 1 else ''}…"):
+            record["by_file"].update(sa.attribute_files(
+                attributor, [(f.file_id, f.name, f.getvalue()) for f in new], room=sa.MAX_IMAGES - used))
+    st.session_state[RESULTS_KEY] = record
+    return record, [record["by_file"][i] for i in ids]
+
+
+def errors_section(errors: list[tuple[str, str]]) -> None:
+    """Every file that could not be attributed, with its reason."""
+    if not errors:
+        return
+    if len(errors) <= ERRORS_SHOWN:
+        for file, reason in errors:
+            st.error(f"**{file}**: {reason}", icon=":material/block:")
+        return
+    st.error(f"{len(errors)} files could not be attributed; each is listed below with the reason.",
+             icon=":material/block:")
+    st.dataframe(pd.DataFrame(errors, columns=["file", "reason"]), hide_index=True, width="stretch")
+
+
+def summary_section(ws: Workspace, table: pd.DataFrame, n_errors: int) -> None:
+    """Counts per verdict and per most probable model, and the CSV of every answer."""
+    st.subheader("Batch summary")
+    counts = fat.verdict_counts(table)
+    cols = st.columns(5)
+    cols[0].metric("attributed", len(table))
+    for col, v in zip(cols[1:4], fat.VERDICTS):
+        col.metric(v, counts[v])
+    cols[4].metric("not attributed", n_errors)
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    left.plotly_chart(fat.batch_figure(table), width="stretch", key="attr_batch", config={"displaylogo": False})
+    right.download_button(
+        "Download CSV", data=table.to_csv(index=False), file_name=f"{ws.path.name}-attribution.csv", mime="text/csv",
+        icon=":material/download:", on_click="ignore", key="attr_csv", width="stretch",
+        help="One row per image: verdict, most probable model and the top five, design choices with their "
+             "probabilities, open-set score and threshold, nearest real image per space, conversions.",
+    )
+    right.caption("Number of images per most probable model, coloured by verdict.")
+
+
+def map_section(path: str, stamp: str, record: dict, cards: list[sa.Card], file_ids: tuple, attributor) -> None:
+    """The uploads placed on the workspace's fingerprint map, or a note on why they are not."""
+    st.subheader("On the fingerprint map")
+    analysis = state.analysis_of(path, stamp)
+    if analysis is None:
+        st.info("Placing the uploads on the fingerprint map needs the workspace's analysis, which it does not have "
+                f"yet (or it is out of date). Compute it with `{state.analyze_command(path)}` or on the "
+                "Fingerprint map page.", icon=":material/info:")
+        return
+    spaces = [s for s in analysis.spaces if s in attributor.spaces]
+    if not spaces:
+        st.info(f"The map covers {', '.join(analysis.spaces)}, the attributor reads {', '.join(attributor.spaces)}: "
+                "no space in common to place the uploads in.", icon=":material/info:")
+        return
+    space = (st.segmented_control("Map of the space", spaces, default=spaces[0], key="attr_map_space")
+             if len(spaces) > 1 else spaces[0]) or spaces[0]
+    frame = state.map_frame(path, stamp, space)
+    memo_key = (space, file_ids)  # the same files give the same cards
+    if memo_key not in record["placed"]:
+        try:
+            with st.spinner("Placing the uploads on the map…"):
+                neighbours = sa.nearest_rows(sa.upload_artifacts(attributor, cards, space),
+                                             sa.map_artifacts(path, stamp, space))
+        except (OSError, ValueError, KeyError) as e:  # a damaged workspace entry: say so, keep the rest of the page
+            st.warning(f"The uploads cannot be placed on the {space} map: {e}", icon=":material/warning:")
+            return
+        record["placed"][memo_key] = sa.place_on_map(neighbours, frame[["x", "y"]].to_numpy())
+    xy = record["placed"][memo_key]
+    placed = pd.DataFrame({"file": [c.result.file for c in cards], "x": xy[:, 0], "y": xy[:, 1],
+                           "model": [c.result.top[0]["model"] for c in cards],
+                           "verdict": [c.result.verdict for c in cards]})
+    fig = fat.upload_map_figure(frame, state.design_table(path, stamp), placed)
+    st.plotly_chart(fig, width="stretch", key="attr_map", config={"displaylogo": False, "scrollZoom": True})
+    st.caption(f"Dots: the workspace's samples ({space} space, coloured by model). Stars: the uploads, coloured by "
+               f"verdict, each at the median map position of the {sa.NEIGHBOURS} samples whose {space} artifacts are "
+               "nearest to its own (L2). UMAP is not re-run, so a star shows which fingerprints it resembles, "
+               "not an exact embedding.")
+
+
+# ---- one card per image ------------------------------------------------------------------------------------
+
+
+def image_tiles(ws: Workspace, c: sa.Card) -> None:
+    """The upload, its nearest real image and its RGB artifact, side by side."""
+    space = "rgb" if "rgb" in c.result.nearest_real else next(iter(c.result.nearest_real))
+    nearest = np.asarray(ws.reference_images()[c.result.nearest_real[space]])
+    art, half = fat.artifact_tile(c.converted, nearest)
+    tiles = [(fat.pixel_tile(c.thumbnail), "upload"), (fat.pixel_tile(fat.chw_to_hwc(nearest)), f"nearest real ({space})"),
+             (art, f"artifact x − x* (±{half:.2g})")]
+    for col, (image, caption) in zip(st.columns(3, gap="small"), tiles):
+        col.image(image, caption=caption, width="stretch")
+
+
+def design_lines(c: sa.Card) -> str:
+    """The predicted design choices with their probabilities, one per line (markdown)."""
+    return "  \n".join(f"{head}: **{v['value']}** ({v['p']:.2f})" for head, v in c.result.design.items())
+
+
+def card(ws: Workspace, c: sa.Card, n: int, rule) -> None:
+    """Everything about one image in a bordered box."""
+    r = c.result
+    with st.container(border=True):
+        st.markdown(f"**{n}. {r.file}** &nbsp; :{BADGE.get(r.verdict, 'gray')}-badge[{r.verdict}]")
+        st.caption(fat.verdict_line(r.verdict, r.open_set_score, rule.threshold, r.top[0]["model"], rule.accept))
+        if c.domain_gap:
+            st.warning(c.domain_gap, icon=":material/warning:")
+        tiles, bars, design = st.columns([3, 2, 1.9], gap="medium")
+        with tiles:
+            image_tiles(ws, c)
+        bars.plotly_chart(fat.top_models_figure(r.top, verdict=r.verdict), width="stretch",
+                          key=f"attr_top_{n}", config={"displaylogo": False, "displayModeBar": False})
+        with design:
+            st.markdown("**Design choices**")
+            st.markdown(design_lines(c) or "none in this workspace")
+        if c.notes:
+            st.caption("Converted: " + "; ".join(c.notes) + ".")
+
+
+def cards_section(ws: Workspace, cards: list[sa.Card], rule) -> None:
+    """The cards, filtered by verdict and shown a page at a time."""
+    st.subheader("Per image")
+    numbered = list(enumerate(cards, 1))
+    if len(cards) > 1:
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        shown = left.pills("Verdicts shown", fat.VERDICTS, selection_mode="multi", default=list(fat.VERDICTS),
+                           key="attr_filter")
+        numbered = [(n, c) for n, c in numbered if c.result.verdict in (shown or [])]
+        pages = max(1, -(-len(numbered) // PAGE_SIZE))
+        if st.session_state.get("attr_page", 1) > pages:  # fewer pages after filtering: the widget must not go past them
+            st.session_state["attr_page"] = pages
+        page = right.number_input(f"Page (of {pages})", 1, pages, 1, key="attr_page") if pages > 1 else 1
+        numbered = numbered[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    if not numbered:
+        st.info("No image with the verdicts chosen.", icon=":material/filter_alt:")
+    for n, c in numbered:
+        card(ws, c, n, rule)
+
+
+def main() -> None:
+    ws = state.require_workspace()
+    path = state.current_path()
+    stamp = state.stamp(path)
+    found = sa.product_entry(ws)
+    if found is None:
+        st.title("Attribute")
+        no_attributor(path)
+    kind, entry = found
+    header(ws, kind, entry)
+    padded_from = (28, 28) if ws.config.get("real_origin") == "fashion-mnist" else None  # as predict.Attributor
+    files = st.file_uploader(
+        "Drop images or a zip archive", type=TYPES, accept_multiple_files=True, key=UPLOAD_KEY,
+        max_upload_size=sa.UPLOAD_MB, help="PNG, JPEG, WebP, BMP, GIF, TIFF, or a zip of them (read in memory).",
+    )
+    caps_caption(ws, padded_from)
+    if not files:
+        st.info("Drop one or more images, or a zip of images, above to attribute them.", icon=":material/upload:")
+        st.stop()
+    record, outcomes = attribute_uploads(path, stamp, kind, files)
+    attributor = load_attributor(path, stamp)
+    for w in attributor.warnings:
+        st.warning(w, icon=":material/update:")
+    cards = [c for o in outcomes for c in o.cards]
+    errors = [e for o in outcomes for e in o.errors]
+    errors_section(errors)
+    if not cards:
+        st.warning("No image could be attributed; see the reasons above.", icon=":material/warning:")
+        st.stop()
+    summary_section(ws, sa.results_table(cards, attributor.rule.threshold), len(errors))
+    map_section(path, stamp, record, cards, tuple(f.file_id for f in files), attributor)
+    cards_section(ws, cards, attributor.rule)
+
+
+main()
