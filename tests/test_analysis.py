@@ -134,3 +134,32 @@ def test_analyze_caches_in_the_workspace_and_prints_the_json_contract(gray_works
     ws.manifest["design"] = ws.write_table("design", design)
     ws.commit()
     assert Analysis.state(ws) == "stale" and Analysis.load(ws) is None
+
+
+def test_knn_graph_is_exact_and_puts_each_point_first():
+    from fingerprint_core.analysis.fingerprint_map import knn_graph
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 7)).astype(np.float32)
+    x[10] = x[11]  # an exact duplicate: each must still list itself first
+    idx, dist = knn_graph(x, 5, chunk=64)
+    d2 = ((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, -1.0)
+    expected = np.argsort(d2, axis=1, kind="stable")[:, :5]
+    assert np.array_equal(idx[:, 0], np.arange(300)) and idx[10, 1] == 11 and idx[11, 1] == 10
+    assert np.array_equal(np.sort(idx[:, 1:], axis=1), np.sort(expected[:, 1:], axis=1))
+    np.fill_diagonal(d2, 0.0)
+    assert np.allclose(dist, np.sqrt(np.take_along_axis(d2, idx, axis=1)), atol=1e-4)
+
+
+def test_nmi_of_counts_matches_sklearn():
+    from sklearn.metrics import normalized_mutual_info_score
+
+    from fingerprint_core.analysis.design import _nmi_of_counts
+
+    rng = np.random.default_rng(4)
+    for k in (2, 3, 5):
+        labels, clusters = rng.integers(0, k, 500), rng.integers(0, k, 500)
+        clusters[:300] = labels[:300]  # partly agreeing
+        counts = np.bincount(labels * k + clusters, minlength=k * k).reshape(k, k)
+        assert abs(_nmi_of_counts(counts) - normalized_mutual_info_score(labels, clusters)) < 1e-12

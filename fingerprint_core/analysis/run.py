@@ -13,7 +13,7 @@ from fingerprint_core.analysis import design, fingerprint_map, spectra
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import REAL, Workspace, key_of
 
-ANALYSIS_VERSION = "analysis-v1"
+ANALYSIS_VERSION = "analysis-v3"  # v3: LDA in leave-one-design-out, chance = best trivial guess, 100 UMAP epochs above 10,000 points
 NOT_FACTORS = {"model", "seed"}  # identifiers of a model, not design choices
 
 
