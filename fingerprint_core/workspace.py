@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,15 +259,30 @@ class Workspace:
         return rel
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
-        """Hold the workspace's writer lock (one writer at a time; readers never wait)."""
+    def writing(self, *, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the workspace's writer lock (one writer at a time; readers never wait), waiting up to
+        wait_s seconds for another writer to finish."""
         self.path.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + wait_s
         with open(self.path / ".lock", "w") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise WorkspaceError(f"workspace {self.path} is being written by another run") from None
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise WorkspaceError(f"workspace {self.path} is being written by another run "
+                                             "(fingerprint, train or analyze); try again when it has finished") from None
+                    time.sleep(0.5)
             yield
+
+    def busy(self) -> bool:
+        """Whether another run holds the writer lock right now."""
+        try:
+            with self.writing():
+                return False
+        except WorkspaceError:
+            return True
 
     def commit(self) -> None:
         """Make the manifest the workspace's state (atomic), then drop what it no longer names."""

@@ -226,3 +226,32 @@ def test_quality_figures_beside_models_csv_reach_the_summary(gray, tmp_path):
     (gray / "quality.csv").unlink()
     run(gray, tmp_path / "ws")
     assert "fid" not in Workspace.open(tmp_path / "ws").summary().columns
+
+
+def test_a_second_writer_fails_fast_or_waits_for_the_first(tmp_path):
+    import threading
+    import time
+
+    from fingerprint_core.workspace import Workspace, WorkspaceError
+
+    ws = Workspace.open_or_create(tmp_path / "ws")
+    other = Workspace.open_or_create(tmp_path / "ws")
+    assert not ws.busy()
+    release = threading.Event()
+
+    def hold():
+        with other.writing():
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    time.sleep(0.2)
+    assert ws.busy()
+    with pytest.raises(WorkspaceError, match="being written by another run"):
+        with ws.writing():
+            pass
+    threading.Timer(0.5, release.set).start()
+    start = time.monotonic()
+    with ws.writing(wait_s=5):  # waits for the other writer instead of failing
+        assert time.monotonic() - start >= 0.4
+    t.join()

@@ -11,9 +11,10 @@ import pandas as pd
 
 from fingerprint_core.analysis import design, fingerprint_map, spectra
 from fingerprint_core.pipeline import Progress
-from fingerprint_core.workspace import REAL, Workspace, key_of
+from fingerprint_core.workspace import REAL, Workspace, WorkspaceError, key_of
 
 ANALYSIS_VERSION = "analysis-v3"  # v3: LDA in leave-one-design-out, chance = best trivial guess, 100 UMAP epochs above 10,000 points
+WAIT_FOR_WRITER_S = 3600.0
 NOT_FACTORS = {"model", "seed"}  # identifiers of a model, not design choices
 
 
@@ -100,6 +101,9 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     cached = ws.manifest.get("analysis")
     if cached and cached.get("key") == key and not force:
         return json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
+    if ws.busy():
+        raise WorkspaceError(f"workspace {ws.path} is being written by another run (fingerprint or train); "
+                             "run `manifpt analyze` when it has finished")
     models = ws.model_names(include_real=True)
     arrays: dict[str, np.ndarray] = {"models.npy": np.array(models)}
     metrics: dict = {"settings": s.__dict__, "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}, "detail": {}}
@@ -125,7 +129,10 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     bar.close()
     metrics = _json_safe(metrics)
     payload = json.dumps(metrics, indent=1).encode()
-    with ws.writing():
+    # minutes of work above: wait for a writer that started meanwhile (say `manifpt train`) rather
+    # than lose it, and commit on top of what that writer committed
+    with ws.writing(wait_s=WAIT_FOR_WRITER_S):
+        ws.manifest = Workspace.open(ws.path).manifest
         rel = ws.write_entry(f"analysis-{key}", arrays, files={"metrics.json": payload})
         ws.manifest["analysis"] = {"key": key, "dir": rel}
         ws.commit()
