@@ -314,6 +314,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     wide = wide.reindex(index=[h for h in dict.fromkeys(table["head"])], columns=[k for k in dict.fromkeys(table["kind"])])
     print("test accuracy per head (rows) and attributor (columns)")
     print(wide.to_string(float_format=lambda v: f"{v:.3f}", na_rep="-"))
+    if args.export:
+        from fingerprint_core.attribution import ship
+        from fingerprint_core.workspace import Workspace
+
+        kinds = ship.export(Workspace.open(args.workspace), args.export)
+        print(f"exported {', '.join(kinds)} to {args.export}")
     return 0
 
 
@@ -368,6 +374,9 @@ def _add_attribution_commands(sub) -> None:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     t.add_argument("--force", action="store_true", help="retrain even when a stored attributor is up to date")
     t.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines")
+    t.add_argument("--export", type=Path, default=None,
+                   help="then copy the trained attributors to this folder, to ship with the dataset "
+                        "(the demo's: assets/demo/attribution, installed by `manifpt demo`)")
     t.set_defaults(run=_cmd_train)
     a = sub.add_parser("attribute", help="which model made these images (files, folders, zip archives)?")
     a.add_argument("workspace", type=Path)

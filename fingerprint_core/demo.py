@@ -62,4 +62,11 @@ def build(
         progress=progress,
     )
     report.warnings[:0] = warnings
+    shipped = assets / "attribution"
+    if (shipped / "record.json").is_file():  # trained attributors shipped with the zoo: no training needed
+        from fingerprint_core.attribution import ship
+        from fingerprint_core.workspace import Workspace
+
+        _, why = ship.install(Workspace.open(report.workspace), shipped)
+        report.warnings.extend(why)
     return report

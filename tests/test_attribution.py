@@ -246,3 +246,28 @@ def test_the_attributor_is_built_once_per_workspace(toy_ws):
 def test_attributing_without_a_trained_attributor_names_the_command(gray_workspace_root):
     with pytest.raises(train.NotTrainedError, match="manifpt train"):
         predict.attributor_for(gray_workspace_root / "gm-gray", device="cpu")
+
+
+def test_shipped_attributors_install_into_a_workspace_built_from_the_same_data(toy_ws, tmp_path):
+    from fingerprint_core.attribution import ship
+    from fingerprint_core.pipeline import fingerprint
+    from fingerprint_core.workspace import Workspace
+
+    shipped = tmp_path / "shipped"
+    assert sorted(ship.export(Workspace.open(toy_ws), shipped)) == ["freq", "rgb"]
+    assert not list(shipped.rglob("test.parquet"))  # weights and open-set rule only
+    # a fresh workspace from the same dataset (the demo: built by every user from the shipped zoo)
+    data = toy_ws.parent.parent / [p.name for p in toy_ws.parent.parent.iterdir() if p.name.startswith("attr-data")][0]
+    fresh = tmp_path / "fresh"
+    fingerprint(data, fresh, space_names=("rgb", "freq"), device="cpu")
+    installed, why = ship.install(Workspace.open(fresh), shipped)
+    assert sorted(installed) == ["freq", "rgb"] and not why
+    ws_a, ws_b = Workspace.open(toy_ws), Workspace.open(fresh)
+    assert train.stored(ws_b)["rgb"]["test"] == train.stored(ws_a)["rgb"]["test"]
+    report = train.train(fresh, kinds=["rgb"], epochs=8, device="cpu")  # up to date: nothing retrained
+    assert not report.empty and len(list((fresh / "attribution").iterdir())) == 2
+    # a workspace with other data gets nothing, and is told why
+    other = tmp_path / "other"
+    fingerprint(toy_dataset(tmp_path / "other-data", seed=1), other, space_names=("rgb", "freq"), device="cpu")
+    installed, why = ship.install(Workspace.open(other), shipped)
+    assert installed == [] and "manifpt train" in why[0]
