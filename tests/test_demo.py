@@ -50,3 +50,19 @@ def test_demo_default_workspace_lives_under_the_workspace_root(monkeypatch, tmp_
 def test_missing_demo_assets_say_how_they_are_made(tmp_path):
     with pytest.raises(DatasetError, match="manifpt zoo build"):
         demo.build(tmp_path / "ws", assets=tmp_path / "nothing")
+
+
+def test_demo_installs_the_attributors_shipped_with_the_zoo(small_demo, tmp_path, one_thread):
+    from fingerprint_core.attribution import ship, train
+
+    first = tmp_path / "first"
+    demo.build(first, assets=small_demo, space_names=("rgb",), device="cpu")
+    train.train(first, kinds=["rgb"], epochs=2, device="cpu")
+    ship.export(Workspace.open(first), small_demo / "attribution")  # what `manifpt train --export` ships
+    report = demo.build(tmp_path / "user", assets=small_demo, space_names=("rgb",), device="cpu")
+    assert not [w for w in report.warnings if "attributor" in w]
+    user = Workspace.open(tmp_path / "user")
+    assert train.stored(user)["rgb"]["test"] == train.stored(Workspace.open(first))["rgb"]["test"]
+    # a demo built in other spaces than the shipped attributors' gets a warning naming the command
+    report = demo.build(tmp_path / "other", assets=small_demo, space_names=("freq",), device="cpu")
+    assert any("manifpt train" in w for w in report.warnings)
