@@ -407,6 +407,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if args.out is None:
+        args.out = args.workspace.parent / f"{args.workspace.name}-bench"
+    if args.out.resolve().is_relative_to(args.workspace.resolve()):
+        raise ValueError(f"--out {args.out} is inside the workspace, whose next commit would delete it; "
+                         "pick a folder outside it")
     if args.threads is not None:
         import torch
 
@@ -433,7 +438,9 @@ def _add_bench_command(sub) -> None:
     # defaults are bench.SEEDS, LODO_FOLDS, OPENSET_GROUPS (not imported here: torch would load for --help)
     b = sub.add_parser("bench", help="benchmark ManiFPT against the baselines on a workspace (resumable)")
     b.add_argument("workspace", type=Path)
-    b.add_argument("--out", type=Path, required=True, help="output folder: finished parts, models, results.{json,csv,md}")
+    b.add_argument("--out", type=Path, default=None,
+                   help="output folder: finished parts, models, results.{json,csv,md} (default: WS-bench beside the "
+                        "workspace, where the Benchmark page looks first; never inside it)")
     b.add_argument("--seeds", default="0,1,2", help="training seeds (the split stays at seed 0; default 0,1,2)")
     b.add_argument("--methods", default=None,
                    help="comma-separated method names, or 'baselines' / 'manifpt' (default: every method the workspace allows)")

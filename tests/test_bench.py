@@ -179,6 +179,8 @@ def test_the_bench_command(bench_ws, tmp_path, capsys):
     assert "unknown method 'clip'" in capsys.readouterr().err
     assert main(["bench", str(bench_ws.path), "--out", str(out), "--seeds", "a,b"]) == 1
     assert "--seeds" in capsys.readouterr().err
+    assert main(["bench", str(bench_ws.path), "--out", str(bench_ws.path / "results"), "--seeds", "0"]) == 1
+    assert "inside the workspace" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     helps = " ".join(capsys.readouterr().out.split())  # the defaults the help states are the module's
