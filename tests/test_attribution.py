@@ -257,7 +257,7 @@ def test_shipped_attributors_install_into_a_workspace_built_from_the_same_data(t
     assert sorted(ship.export(Workspace.open(toy_ws), shipped)) == ["freq", "rgb"]
     assert not list(shipped.rglob("test.parquet"))  # weights and open-set rule only
     # a fresh workspace from the same dataset (the demo: built by every user from the shipped zoo)
-    data = toy_ws.parent.parent / [p.name for p in toy_ws.parent.parent.iterdir() if p.name.startswith("attr-data")][0]
+    data = Path(Workspace.open(toy_ws).config["data_root"])
     fresh = tmp_path / "fresh"
     fingerprint(data, fresh, space_names=("rgb", "freq"), device="cpu")
     installed, why = ship.install(Workspace.open(fresh), shipped)
