@@ -115,11 +115,7 @@ def numbers_section(metrics: dict) -> None:
 
 
 def main() -> None:
-    state.require_workspace()
-    path = state.current_path()
-    stamp = state.stamp(path)
-    st.title("Design choices")
-    analysis = state.require_analysis(path, stamp)
+    path, stamp, analysis = state.analysis_page("Design choices")
     metrics = analysis.metrics
     if not metrics.get("nmi") or not any(metrics["nmi"].values()):
         st.info("No design factor could be measured: the design table needs at least two models that differ in a "

@@ -90,11 +90,7 @@ def selection_panel(path: str, stamp: str, space: str, frame, rows: np.ndarray) 
 
 
 def main() -> None:
-    ws = state.require_workspace()
-    path = state.current_path()
-    stamp = state.stamp(path)
-    st.title("Fingerprint map")
-    analysis = state.require_analysis(path, stamp)
+    path, stamp, analysis = state.analysis_page("Fingerprint map")
     if not analysis.spaces:
         st.warning("The analysis holds no fingerprint map: no space is fingerprinted for every model.")
         st.stop()

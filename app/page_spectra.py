@@ -89,11 +89,7 @@ def pair_section(spectra, models, kind) -> None:
 
 
 def main() -> None:
-    state.require_workspace()
-    path = state.current_path()
-    stamp = state.stamp(path)
-    st.title("Spectra")
-    analysis = state.require_analysis(path, stamp)
+    path, stamp, analysis = state.analysis_page("Spectra")
     if not analysis.has_spectra or REAL not in analysis.models:
         st.info("Spectra need the rgb space and the held-out real images (the real control). Fingerprint the "
                 f"workspace in rgb, then rerun the analysis: `{state.analyze_command(path)}`.", icon=":material/info:")

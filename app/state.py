@@ -243,6 +243,16 @@ def require_analysis(path: str, stamp: str) -> Analysis:
     st.stop()
 
 
+def analysis_page(title: str) -> tuple[str, str, Analysis]:
+    """Start a page that shows the analysis: its title, then (path, stamp, analysis), or stop the
+    page with how to make one."""
+    require_workspace()
+    path = current_path()
+    stamp_now = stamp(path)
+    st.title(title)
+    return path, stamp_now, require_analysis(path, stamp_now)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def design_table(path: str, stamp: str) -> pd.DataFrame:
     """The design table (models.csv rows and the real control), every value as text."""

@@ -97,6 +97,13 @@ def wait_for_app_run(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
 
 
+def open_page(page, title: str) -> None:
+    """Click a page in the sidebar navigation and wait for its script to finish."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
+    wait_for_app_run(page)
+
+
 def screenshot_whole_app(page, path: Path) -> None:
     """A screenshot of the whole app: Streamlit scrolls inside its own container, so grow the viewport."""
     height = page.get_by_test_id("stMain").evaluate("e => e.scrollHeight")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from analysis_util import analysed_root
-from browser_util import ARTIFACTS, chromium_page, screenshot_whole_app, served_app, wait_for_app_run
+from browser_util import ARTIFACTS, chromium_page, open_page, screenshot_whole_app, served_app, wait_for_app_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,13 +26,6 @@ def app_server(tmp_path_factory, tmp_path: Path) -> Iterator[str]:
 def browser_page():
     with chromium_page(width=1500, height=1100) as page:
         yield page
-
-
-def open_page(page, title: str) -> None:
-    """Click a page in the sidebar navigation and wait for its script to finish."""
-    page.get_by_test_id("stSidebarNav").get_by_role("link", name=title).click()
-    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
-    wait_for_app_run(page)
 
 
 def drag_box(page, element, fx0: float, fy0: float, fx1: float, fy1: float) -> None:

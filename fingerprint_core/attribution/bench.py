@@ -226,16 +226,12 @@ class Reprojector:
         self._spaces: dict = {}
 
     def _space(self, name: str):
-        from fingerprint_core import spaces
+        from fingerprint_core import devices
+        from fingerprint_core.attribution.predict import workspace_space
         from fingerprint_core.manifold import Manifold
 
-        if name not in self._spaces:
-            space = spaces.get(name, device=self.device)
-            stored = self.ws.manifest.get("spaces", {}).get(name, {}).get("identity")
-            if stored is not None and stored != space.identity():
-                raise ValueError(
-                    f"the {name} space here ({space.identity()}) is not the one workspace {self.ws.path} was "
-                    f"fingerprinted with ({stored}); point MANIFPT_ENCODERS at the same encoder weights")
+        if name not in self._spaces:  # the encoder the workspace was built with, found as attribution finds it
+            space = workspace_space(self.ws, name, devices.resolve(self.device))
             self._spaces[name] = (space, Manifold(self.ws.space_reference(name), device=self.device))
         return self._spaces[name]
 

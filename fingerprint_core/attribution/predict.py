@@ -98,7 +98,7 @@ def to_domain(array: np.ndarray, shape: tuple[int, int, int], *, padded_from: tu
 
 
 # ---- the cached attributor ------------------------------------------------------------------------
-def _space(ws: Workspace, name: str, device: torch.device) -> spaces.Space:
+def workspace_space(ws: Workspace, name: str, device: torch.device) -> spaces.Space:
     """The space the workspace embedded with: for SL / SSL the encoder whose weights hash matches."""
     if name in ("rgb", "freq"):
         return spaces.get(name, device=device)
@@ -136,7 +136,7 @@ class Attributor:
         if entry.get("artifacts") != train_mod.artifacts_key(ws, self.kind):
             self.warnings.append(f"the {self.kind} attributor was trained before the workspace's artifacts last "
                                  f"changed; retrain with `manifpt train {ws.path}`")
-        self.spaces = {s: _space(ws, s, self.device) for s in self.method.needs}
+        self.spaces = {s: workspace_space(ws, s, self.device) for s in self.method.needs}
         # Built once: norms of the whole reference set, and (on first search) its compute-ready chunks
         self.manifolds = {s: Manifold(ws.space_reference(s), device=self.device) for s in self.method.needs}
         self._lock = threading.Lock()  # one search at a time: the manifolds' chunk caches are shared
