@@ -62,16 +62,62 @@ def design_hover(design: pd.DataFrame) -> dict[str, str]:
 
 
 # ---- fingerprint map --------------------------------------------------------------------------------
+#
+# Both map figures draw one trace per model and carry every colouring (model and each design column) in a
+# dropdown whose buttons restyle those traces in the browser: recolouring 60,000 WebGL points then needs
+# no rerun, no new figure and no new WebGL context (a new figure remounts Streamlit's chart, which took
+# over a second in a software-rendered browser; bench/map_recolour.py times both).
 
 
-def _map_layout(fig: go.Figure, color_by: str, height: int) -> None:
+def colourings(design: pd.DataFrame) -> list[str]:
+    """What the map can be coloured by: the model, then every design column."""
+    return ["model", *(c for c in design.columns if c != "model")]
+
+
+def legend_styles(models: Sequence[str], design: pd.DataFrame, color_by: str) -> dict[str, list]:
+    """Per trace (one model each, in drawing order): colour, legend name and group, legend rank, and whether
+    the trace opens its level's legend entry (the first of each level does)."""
+    levels = model_levels(design, color_by)
+    lv = [levels.get(m, m) for m in models]
+    colors = level_colors(sorted(lv, key=lambda v: v == REAL))  # the real control takes no palette colour
+    rank = {v: i for i, v in enumerate(colors)}
+    first = {v: i for i, v in reversed(list(enumerate(lv)))}
+    return {"color": [colors[v] for v in lv], "name": lv, "legendgroup": lv,
+            "showlegend": [first[v] == i for i, v in enumerate(lv)], "legendrank": [rank[v] for v in lv]}
+
+
+def colour_menu(models: Sequence[str], traces: Sequence[int], design: pd.DataFrame, color_by: str,
+                colour_keys: Sequence[str] = ("marker.color",)) -> dict:
+    """A dropdown that recolours the model traces (indices traces) by model or any design column."""
+    buttons = []
+    for col in colourings(design):
+        s = legend_styles(models, design, col)
+        restyle = {**{k: s["color"] for k in colour_keys},
+                   **{k: s[k] for k in ("name", "legendgroup", "showlegend", "legendrank")}}
+        buttons.append(dict(label=f"Colour by: {col}", method="update",
+                            args=[restyle, {"legend.title.text": col}, list(traces)]))
+    active = colourings(design).index(color_by) if color_by in colourings(design) else 0
+    return dict(type="dropdown", buttons=buttons, active=active, direction="down", showactive=True,
+                x=0, xanchor="left", y=1, yanchor="bottom", pad=dict(b=4), bgcolor="white",
+                font=dict(size=12))
+
+
+def _map_layout(fig: go.Figure, color_by: str, height: int, menu: dict, revision: int) -> None:
     fig.update_layout(
-        height=height, dragmode="select", hovermode="closest", uirevision="fingerprint-map",
+        height=height, dragmode="select", hovermode="closest", uirevision=f"fingerprint-map-{revision}",
         legend=dict(title=dict(text=color_by), itemsizing="constant", groupclick="togglegroup", y=1, yanchor="top"),
-        margin=dict(l=10, r=10, t=36, b=10), plot_bgcolor="rgba(0,0,0,0)",  # the top margin keeps the toolbar clear
+        margin=dict(l=10, r=10, t=44, b=10), plot_bgcolor="rgba(0,0,0,0)",  # the top margin holds the menu
+        updatemenus=[menu],
     )
     fig.update_xaxes(title_text="UMAP 1", showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(title_text="UMAP 2", showticklabels=False, showgrid=False, zeroline=False)
+
+
+def _model_order(names, design: pd.DataFrame) -> list[str]:
+    """Models in design-table order (others after), the real control first so models are drawn over it."""
+    names = set(names)
+    order = [m for m in design["model"] if m in names] + sorted(names - set(design["model"]))
+    return sorted(order, key=lambda m: m != REAL)
 
 
 def map_figure(
@@ -79,40 +125,33 @@ def map_figure(
     design: pd.DataFrame,
     color_by: str = "model",
     *,
-    selected: np.ndarray | None = None,
     height: int = MAP_HEIGHT,
+    revision: int = 0,
 ) -> go.Figure:
-    """The per-sample fingerprint map: one WebGL trace per model, coloured by the level of color_by.
+    """The per-sample fingerprint map: one WebGL trace per model, coloured by the level of color_by, with a
+    dropdown of every other colouring.
 
     frame: one row per sample with columns model, index (into the model's samples), x, y; a point's
     customdata is [row, index], row being its position in frame (what rows_of_points reads back).
-    selected: rows to draw as selected (the others fade), or None.
+    revision: a new value draws the map afresh (clears the browser's selection).
     """
-    levels = model_levels(design, color_by)
     hover = design_hover(design)
     groups = frame.groupby("model", sort=False, observed=True).indices  # model -> positions
-    order = [m for m in design["model"] if m in groups] + [m for m in groups if m not in set(design["model"])]
-    order.sort(key=lambda m: m != REAL)  # the real control first, so models are drawn over it
-    colors = level_colors([levels.get(m, m) for m in sorted(order, key=lambda m: m == REAL)])
-    rank = {lv: i for i, lv in enumerate(colors)}
+    order = _model_order(groups, design)
+    style = legend_styles(order, design, color_by)
     x, y, index = (frame[c].to_numpy() for c in ("x", "y", "index"))
-    fig, shown = go.Figure(), set()
-    for m in order:
+    fig = go.Figure()
+    for i, m in enumerate(order):
         rows = groups[m]
-        level = levels.get(m, m)
-        trace = go.Scattergl(
+        fig.add_trace(go.Scattergl(
             x=x[rows].astype(np.float32), y=y[rows].astype(np.float32), mode="markers",
             customdata=np.column_stack([rows, index[rows]]).astype(np.int32),
-            marker=dict(color=colors[level], size=4 if m == REAL else 5, opacity=0.55 if m == REAL else 0.75),
-            name=level, legendgroup=level, showlegend=level not in shown, legendrank=rank[level],
+            marker=dict(color=style["color"][i], size=4 if m == REAL else 5, opacity=0.55 if m == REAL else 0.75),
+            name=style["name"][i], legendgroup=style["legendgroup"][i], showlegend=style["showlegend"][i],
+            legendrank=style["legendrank"][i], unselected=dict(marker=dict(opacity=0.06)),
             hovertemplate=f"<b>{m}</b> · sample #%{{customdata[1]}}<br>{hover.get(m, '')}<extra></extra>",
-        )
-        if selected is not None:
-            trace.selectedpoints = np.flatnonzero(np.isin(rows, selected))
-            trace.unselected = dict(marker=dict(opacity=0.06))
-        fig.add_trace(trace)
-        shown.add(level)
-    _map_layout(fig, color_by, height)
+        ))
+    _map_layout(fig, color_by, height, colour_menu(order, range(len(order)), design, color_by), revision)
     return fig
 
 
@@ -121,40 +160,41 @@ def centroid_figure(
     design: pd.DataFrame,
     color_by: str = "model",
     *,
-    selected_models: Sequence[str] = (),
     height: int = MAP_HEIGHT,
+    revision: int = 0,
 ) -> go.Figure:
-    """Per-model centroids of the fingerprint map (bars: ±1 standard deviation) over a faint cloud of all samples.
+    """Per-model centroids of the fingerprint map (bars: ±1 standard deviation) over a faint cloud of all
+    samples; one trace per model, with the same colour dropdown as map_figure.
 
     A centroid's customdata is [model], so selecting it selects all of that model's samples.
     """
-    levels = model_levels(design, color_by)
     hover = design_hover(design)
     cents = frame.groupby("model", sort=False, observed=True).agg(
         x=("x", "mean"), y=("y", "mean"), sx=("x", "std"), sy=("y", "std"), n=("x", "size")).fillna(0.0)
-    names = [m for m in design["model"] if m in cents.index] + [m for m in cents.index if m not in set(design["model"])]
-    colors = level_colors([levels.get(m, m) for m in names])
+    order = _model_order(cents.index, design)
+    style = legend_styles(order, design, color_by)
     fig = go.Figure(go.Scattergl(
         x=frame["x"].to_numpy(np.float32), y=frame["y"].to_numpy(np.float32), mode="markers",
         marker=dict(color="#9CA3AF", size=3, opacity=0.15), hoverinfo="skip", showlegend=False, name="samples",
     ))
-    picked = set(selected_models)
-    for level, color in colors.items():
-        ms = [m for m in names if levels.get(m, m) == level]
-        trace = go.Scatter(
-            x=cents.loc[ms, "x"], y=cents.loc[ms, "y"], mode="markers+text", text=ms, textposition="top center",
-            error_x=dict(array=cents.loc[ms, "sx"], color=color, thickness=1.2, width=0),  # ±1 std of its samples
-            error_y=dict(array=cents.loc[ms, "sy"], color=color, thickness=1.2, width=0),
-            textfont=dict(size=10, color="#374151"), customdata=[[m] for m in ms], name=level, legendgroup=level,
+    for i, m in enumerate(order):
+        c = cents.loc[m]
+        color = style["color"][i]
+        fig.add_trace(go.Scatter(
+            x=[c["x"]], y=[c["y"]], mode="markers+text", text=[m], textposition="top center",
+            error_x=dict(array=[c["sx"]], color=color, thickness=1.2, width=0),  # ±1 std of its samples
+            error_y=dict(array=[c["sy"]], color=color, thickness=1.2, width=0),
+            textfont=dict(size=10, color="#374151"), customdata=[[m]],
+            name=style["name"][i], legendgroup=style["legendgroup"][i], showlegend=style["showlegend"][i],
+            legendrank=style["legendrank"][i],
             marker=dict(color=color, size=15, line=dict(color="white", width=1.5),
-                        symbol="diamond" if level == REAL else "circle"),
-            hovertext=[f"<b>{m}</b> · {int(cents.loc[m, 'n'])} samples<br>{hover.get(m, '')}" for m in ms],
+                        symbol="diamond" if m == REAL else "circle"),
+            hovertext=[f"<b>{m}</b> · {int(c['n'])} samples<br>{hover.get(m, '')}"],
             hovertemplate="%{hovertext}<extra></extra>",
-        )
-        if picked:
-            trace.selectedpoints = [i for i, m in enumerate(ms) if m in picked]
-        fig.add_trace(trace)
-    _map_layout(fig, color_by, height)
+        ))
+    menu = colour_menu(order, range(1, len(order) + 1), design, color_by,
+                       colour_keys=("marker.color", "error_x.color", "error_y.color"))
+    _map_layout(fig, color_by, height, menu, revision)
     return fig
 
 

@@ -12,6 +12,7 @@ from app import figures, figures_analysis, state
 
 CHART_KEY = "map_chart"
 SELECTION_KEY = "map_selection"  # session_state: {"where": path|stamp|space, "rows": [frame rows]} or None
+REVISION_KEY = "map_revision"  # session_state: bumped by "Clear selection", so the chart is drawn afresh
 GRID_MAX = 16
 
 
@@ -30,7 +31,9 @@ def remember_selection(path: str, stamp: str, space: str) -> None:
 
 
 def clear_selection() -> None:
+    # The chart keeps its own selection in the browser; only a new figure clears it there too.
     st.session_state[SELECTION_KEY] = None
+    st.session_state[REVISION_KEY] = st.session_state.get(REVISION_KEY, 0) + 1
 
 
 def current_selection(where: str, n_rows: int) -> np.ndarray:
@@ -42,16 +45,14 @@ def current_selection(where: str, n_rows: int) -> np.ndarray:
     return rows[(rows >= 0) & (rows < n_rows)]
 
 
-def controls(spaces: list[str], factors: list[str]) -> tuple[str, str, str]:
-    """Space, colouring and view, in one row."""
-    c_space, c_color, c_view = st.columns([2.2, 2, 2], vertical_alignment="bottom")
+def controls(spaces: list[str]) -> tuple[str, str]:
+    """Space and view, in one row (the colouring is the chart's own dropdown: it needs no rerun)."""
+    c_space, c_view, _ = st.columns([2.2, 2, 2], vertical_alignment="bottom")
     space = c_space.segmented_control("Space", spaces, default=spaces[0], key="map_space",
                                       help="Each space has its own nearest real images, artifacts and map.")
-    color_by = c_color.selectbox("Colour by", ["model", *factors], key="map_color",
-                                 help="Any column of the design table; the held-out real images are grey.")
     view = c_view.segmented_control("Show", ["samples", "model centroids"], default="samples", key="map_view",
                                     help="Every sample, or the mean map position of each model.")
-    return space or spaces[0], color_by, view or "samples"
+    return space or spaces[0], view or "samples"
 
 
 def selection_panel(path: str, stamp: str, space: str, frame, rows: np.ndarray) -> None:
@@ -95,22 +96,21 @@ def main() -> None:
         st.warning("The analysis holds no fingerprint map: no space is fingerprinted for every model.")
         st.stop()
     design = state.design_table(path, stamp)
-    factors = [c for c in design.columns if c != "model"]
     st.caption(
         f"Every sample's artifact (sample minus its nearest real image), reduced to 2-D with UMAP (seeded; PCA to "
         f"{analysis.metrics.get('settings', {}).get('pca_components', 50)} dimensions first). Nearby points have "
-        "similar artifacts. Drag a box, or pick the lasso in the chart's toolbar, to select samples; a new "
-        "selection replaces the last, and *Clear selection* below the map removes it."
+        "similar artifacts. *Colour by* (top left of the map) recolours by model or any design column; the held-out "
+        "real images are grey. Drag a box, or pick the lasso in the chart's toolbar, to select samples; a new "
+        "selection replaces the last, and *Clear selection* below the map (or a double click on it) removes it."
     )
-    space, color_by, view = controls(analysis.spaces, factors)
+    space, view = controls(analysis.spaces)
     frame = state.map_frame(path, stamp, space)
     where = selection_where(path, stamp, space)
     rows = current_selection(where, len(frame))
-    if view == "samples":
-        fig = figures_analysis.map_figure(frame, design, color_by, selected=rows if len(rows) else None)
-    else:
-        picked = sorted(set(frame["model"].astype(str).to_numpy()[rows])) if len(rows) else []
-        fig = figures_analysis.centroid_figure(frame, design, color_by, selected_models=picked)
+    # The figure depends on neither the selection nor the colouring, so selecting reruns the page without
+    # redrawing the map (the browser keeps the selection and the chosen colouring).
+    draw = figures_analysis.map_figure if view == "samples" else figures_analysis.centroid_figure
+    fig = draw(frame, design, "model", revision=st.session_state.get(REVISION_KEY, 0))
     st.plotly_chart(
         fig, key=CHART_KEY, on_select=partial(remember_selection, path, stamp, space), selection_mode=("box", "lasso"),
         config={"displaylogo": False}, width="stretch",

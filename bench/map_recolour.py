@@ -1,9 +1,12 @@
-"""Time, in headless Chromium, from choosing another colouring on the Fingerprint map to the redrawn
-legend (server rerun + figure transfer + WebGL redraw), on a workspace with an analysis.
+"""Time, in headless Chromium, from choosing another colouring on the Fingerprint map to the redrawn map,
+on a workspace with an analysis; beside it, the obvious alternative: a server rerun that sends a new figure
+(what every recolouring cost before the colours moved into the chart; measured here by switching the space,
+which ships a new map of as many points).
 
     python bench/map_recolour.py [WS]        # default: the demo workspace (manifpt demo; analyze)
 
-Prints one row per recolouring. Needs Chromium (/usr/bin/chromium or $MANIFPT_CHROMIUM) and Playwright.
+Prints one row per change: seconds from the click until the new legend is drawn and the browser has painted
+the next two frames. Needs Chromium (/usr/bin/chromium or $MANIFPT_CHROMIUM) and Playwright.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ CHROMIUM = os.environ.get("MANIFPT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 # colouring -> a legend entry that only that colouring draws
-STEPS = {"upsampling": "pixel_shuffle", "loss": "hinge", "family": "diffusion", "model": None}
+STEPS = {"upsampling": "pixel_shuffle", "loss": "hinge", "family": "diffusion", "normalization": "group",
+         "model": None}
+PAINTED = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
+LEGEND_SHOWS = """([w, fresh]) => [...document.querySelectorAll('.js-plotly-plot')]
+    .filter(p => !fresh || !p.dataset.old)
+    .some(p => [...p.querySelectorAll('.legendtext')].some(e => e.textContent === w))"""
 
 
 def free_port() -> int:
@@ -31,22 +39,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def recolour(page, colour: str, legend: str) -> float:
+    """Seconds from choosing colour in the chart's dropdown to the painted map with its new legend."""
+    chart = page.get_by_test_id("stPlotlyChart").first
+    chart.locator(".updatemenu-header-group").first.click()
+    item = chart.locator(".updatemenu-dropdown-button").filter(has_text=f"Colour by: {colour}").first
+    item.wait_for()
+    start = time.perf_counter()
+    item.click()
+    page.wait_for_function(LEGEND_SHOWS, arg=[legend, False], timeout=60_000)
+    page.evaluate(PAINTED)
+    return time.perf_counter() - start
+
+
+def new_figure(page, space: str, legend: str) -> float:
+    """Seconds from choosing another space to the painted new map (a rerun that ships a new figure)."""
+    page.evaluate("() => document.querySelectorAll('.js-plotly-plot').forEach(p => p.dataset.old = '1')")
+    button = page.get_by_role("radio", name=space, exact=True).first  # the Space control
+    start = time.perf_counter()
+    button.click()
+    page.wait_for_function(LEGEND_SHOWS, arg=[legend, True], timeout=60_000)
+    page.evaluate(PAINTED)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
+    from fingerprint_core.analysis.run import Analysis
     from fingerprint_core.demo import default_workspace
     from fingerprint_core.workspace import Workspace
 
     ws = Path(sys.argv[1]) if len(sys.argv) > 1 else default_workspace()
-    from fingerprint_core.analysis.run import Analysis
-
     opened = Workspace.open(ws)
     first_model = opened.model_names()[0]
-    n = len(Analysis.load(opened).fingerprint_map(opened.space_names()[0]))
+    spaces = Analysis.load(opened).spaces
+    n = len(Analysis.load(opened).fingerprint_map(spaces[0]))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port), "--server.headless", "true"],
         cwd=REPO, env={**os.environ, "MANIFPT_WORKSPACE": str(ws)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
     try:
         time.sleep(8)
         with sync_playwright() as pw:
@@ -54,21 +87,24 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(f"http://localhost:{port}/page_map")
             page.wait_for_selector(".js-plotly-plot .legendtext", timeout=180_000)
-            print(f"workspace {ws}: {n:,} points on the map, headless Chromium (software WebGL)")
-            print(f"{'colour by':<12} {'seconds to the redrawn legend':>30}")
-            for colour, legend in STEPS.items():
+            print(f"workspace {ws}: {n:,} points on the map, headless Chromium (software WebGL)\n")
+            print(f"{'change':<28} {'to':<20} {'seconds':>8}")
+            for _ in range(2):
+                for colour, legend in STEPS.items():
+                    time.sleep(2)
+                    rows.append(("recolour (chart dropdown)", colour, recolour(page, colour, legend or first_model)))
+                    print(f"{rows[-1][0]:<28} {rows[-1][1]:<20} {rows[-1][2]:>8.2f}", flush=True)
+            for space in [*spaces[1:], spaces[0]] * 2:
                 time.sleep(2)
-                page.locator('[data-testid="stSelectbox"]').filter(has_text="Colour by").locator("input").first.click(force=True)
-                start = time.perf_counter()
-                page.get_by_role("option", name=colour, exact=True).click()
-                want = legend or first_model
-                page.wait_for_function(
-                    "w => [...document.querySelectorAll('.js-plotly-plot .legendtext')].some(e => e.textContent === w)",
-                    arg=want, timeout=60_000)
-                print(f"{colour:<12} {time.perf_counter() - start:>30.2f}")
+                rows.append(("new figure from the server", f"space {space}", new_figure(page, space, first_model)))
+                print(f"{rows[-1][0]:<28} {rows[-1][1]:<20} {rows[-1][2]:>8.2f}", flush=True)
             browser.close()
     finally:
         server.terminate()
+    print()
+    for what in dict.fromkeys(r[0] for r in rows):
+        t = sorted(r[2] for r in rows if r[0] == what)
+        print(f"{what:<28} median {t[len(t) // 2]:.2f} s, worst {t[-1]:.2f} s over {len(t)}")
 
 
 if __name__ == "__main__":

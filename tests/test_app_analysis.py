@@ -133,19 +133,30 @@ def test_map_shows_every_sample_once_coloured_by_model(monkeypatch, analysed_wor
     assert "126 samples from 5 sets in the rgb space" in " ".join(c.value for c in at.caption)
 
 
+def menu_colouring(fig: dict, label: str) -> tuple[dict, dict, list[int]]:
+    """(restyle, relayout, trace indices) of the map's colour dropdown entry "Colour by: label"."""
+    (menu,) = fig["layout"]["updatemenus"]
+    (button,) = [b for b in menu["buttons"] if b["label"] == f"Colour by: {label}"]
+    return tuple(button["args"])
+
+
 @pytest.mark.slow
 def test_map_recolours_by_a_design_column_and_switches_space_and_view(monkeypatch, analysed_workspace_root):
     at = open_page(monkeypatch, analysed_workspace_root, "page_map.py")
 
-    at.selectbox(key="map_color").set_value("upsampling").run()
     (fig,) = charts(at)
+    labels = [b["label"] for b in fig["layout"]["updatemenus"][0]["buttons"]]
+    assert labels == ["Colour by: model", "Colour by: family", "Colour by: upsampling", "Colour by: loss",
+                      "Colour by: normalization"]
+    restyle, relayout, traces = menu_colouring(fig, "upsampling")  # applied in the browser, no rerun
+    assert traces == list(range(len(fig["data"])))
     by_name = {}
-    for t in fig["data"]:
-        by_name.setdefault(t["name"], set()).add(t["marker"]["color"])
+    for name, color in zip(restyle["name"], restyle["marker.color"]):
+        by_name.setdefault(name, set()).add(color)
     assert set(by_name) == {"real", "transposed_conv", "bilinear_conv"}
     assert all(len(c) == 1 for c in by_name.values())  # one colour per level
-    assert [t["showlegend"] for t in fig["data"]].count(True) == 3  # one legend entry per level
-    assert fig["layout"]["legend"]["title"]["text"] == "upsampling"
+    assert restyle["showlegend"].count(True) == 3  # one legend entry per level
+    assert relayout == {"legend.title.text": "upsampling"}
 
     at.segmented_control(key="map_space").set_value("freq").run()
     assert not at.exception
@@ -156,14 +167,18 @@ def test_map_recolours_by_a_design_column_and_switches_space_and_view(monkeypatc
     (fig,) = charts(at)
     labelled = [m for t in fig["data"] if t["type"] == "scatter" for m in t["text"]]
     assert sorted(labelled) == sorted(["real", *MODELS])
+    restyle, _, traces = menu_colouring(fig, "family")
+    assert traces == list(range(1, len(fig["data"])))  # the background cloud keeps its grey
+    assert restyle["error_x.color"] == restyle["marker.color"]  # the bars take their centroid's colour
 
 
 @pytest.mark.slow
-def test_a_selection_opens_the_grid_and_survives_recolouring(monkeypatch, analysed_workspace_root, analysed_ws):
+def test_a_selection_opens_the_grid_without_redrawing_the_map(monkeypatch, analysed_workspace_root, analysed_ws):
     frame = pd.concat([pd.DataFrame({"model": m, "index": np.arange(n)}) for m, n in
                        (*((m, 24) for m in MODELS), ("real", 30))], ignore_index=True)  # the order of models.npy
     rows = [0, 1, 2, 30, 100, 101]  # 3 samples of toy_gan, 1 of toy_vae, 2 real images
     where = f"{analysed_ws}|{workspace_stamp(analysed_ws)}|rgb"
+    (unselected,) = charts(open_page(monkeypatch, analysed_workspace_root, "page_map.py"))
     at = open_page(monkeypatch, analysed_workspace_root, "page_map.py",
                    {"map_selection": {"where": where, "rows": rows}})
 
@@ -176,15 +191,13 @@ def test_a_selection_opens_the_grid_and_survives_recolouring(monkeypatch, analys
     assert kinds.count("image") == 2 * 6 and kinds.count("heatmap") == 2 * 6  # 6 rows: sample, x*, RGB, FREQ
     details = at.dataframe[1].value
     assert sorted(zip(details["model"], details["sample"])) == sorted(zip(frame["model"][rows], frame["index"][rows]))
-    selected = np.concatenate([decode(t["customdata"])[decode(t["selectedpoints"]).astype(int), 0]
-                               for t in map_fig["data"]])
-    assert sorted(selected) == rows  # the map highlights exactly the selection
-
-    at.selectbox(key="map_color").set_value("loss").run()  # recolouring keeps the selection
-    assert at.subheader[0].value == "Selection: 6 samples from 3 models"
+    # the same figure as without a selection: the browser keeps its chart (and the colouring chosen there)
+    assert map_fig == unselected
 
     at.button[0].click().run()  # Clear selection
     assert not at.subheader and "Select a region" in at.info[0].value
+    (cleared,) = charts(at)
+    assert cleared["layout"]["uirevision"] != map_fig["layout"]["uirevision"]  # a new chart: no box left on it
 
 
 @pytest.mark.slow
@@ -306,7 +319,7 @@ def toy_map(n_per: int = 50) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def test_map_figure_carries_row_ids_and_one_colour_per_level():
     frame, design = toy_map()
-    fig = fa.map_figure(frame, design, "upsampling", selected=np.array([0, 1, 199]))
+    fig = fa.map_figure(frame, design, "upsampling")
 
     traces = {t.hovertemplate.split("</b>")[0][3:]: t for t in fig.data}
     assert list(traces) == ["real", "m1", "m2", "m3"]
@@ -314,8 +327,19 @@ def test_map_figure_carries_row_ids_and_one_colour_per_level():
     assert traces["real"].name == "real" and traces["real"].marker.color == fa.REAL_COLOR
     assert [t.showlegend for t in fig.data] == [True, True, True, False]  # m3 shares m1's legend entry
     assert np.array_equal(traces["m2"].customdata[:, 0], np.arange(50, 100))
-    assert list(traces["m1"].selectedpoints) == [0, 1] and list(traces["real"].selectedpoints) == [49]
-    assert list(traces["m2"].selectedpoints) == []
+    (menu,) = fig.layout.updatemenus
+    assert menu.buttons[menu.active].label == "Colour by: upsampling"
+    by_model = dict(zip(["real", "m1", "m2", "m3"], menu.buttons[0].args[0]["marker.color"]))
+    assert len(set(by_model.values())) == 4 and by_model["real"] == fa.REAL_COLOR  # "model": one colour each
+
+
+def test_legend_styles_open_one_entry_per_level_and_keep_real_grey():
+    _, design = toy_map()
+    s = fa.legend_styles(["real", "m1", "m2", "m3"], design, "upsampling")
+    assert s["name"] == ["real", "bilinear_conv", "transposed_conv", "bilinear_conv"]
+    assert s["showlegend"] == [True, True, True, False]
+    assert s["color"][0] == fa.REAL_COLOR and s["color"][1] == s["color"][3] == fa.PALETTE[0]
+    assert s["legendrank"][0] == max(s["legendrank"])  # the real control is listed last
 
 
 def test_rows_of_points_reads_samples_and_centroids():
@@ -330,13 +354,13 @@ def test_rows_of_points_reads_samples_and_centroids():
 
 def test_centroid_figure_puts_each_model_at_the_mean_of_its_samples():
     frame, design = toy_map()
-    fig = fa.centroid_figure(frame, design, "model", selected_models=["m2"])
+    fig = fa.centroid_figure(frame, design, "model")
     cents = {t.text[0]: (t.x[0], t.y[0]) for t in fig.data if t.type == "scatter"}
     assert set(cents) == {"m1", "m2", "m3", "real"}
     assert cents["m2"][0] == pytest.approx(frame.loc[frame["model"] == "m2", "x"].mean())
-    picked = [t for t in fig.data if t.type == "scatter" and t.text[0] == "m2"][0]
-    assert list(picked.selectedpoints) == [0]
-    assert picked.error_x.array[0] == pytest.approx(frame.loc[frame["model"] == "m2", "x"].std())  # its spread
+    m2 = [t for t in fig.data if t.type == "scatter" and t.text[0] == "m2"][0]
+    assert m2.customdata[0][0] == "m2"  # selecting the centroid selects the model's samples
+    assert m2.error_x.array[0] == pytest.approx(frame.loc[frame["model"] == "m2", "x"].std())  # its spread
 
 
 def test_spectrum_grid_wraps_long_rows_and_shares_a_symmetric_scale():

@@ -1,5 +1,5 @@
 """The structure explorer in headless Chromium: a box drawn on the fingerprint map opens the grid of the
-selected samples; the Spectra and Design choices pages render. Screenshots go to test-artifacts/."""
+selected samples, and recolouring keeps it; the Spectra and Design choices pages render. Screenshots go to test-artifacts/."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def test_box_selection_on_the_map_opens_the_sample_grid(app_server: str, browser
         assert title in titles
     assert page.get_by_role("button", name="Download CSV").is_visible()
     assert page.get_by_test_id("stException").count() == 0
+
+    # recolouring is the chart's own dropdown: the legend changes, the selection and its grid stay
+    chart.locator(".updatemenu-header-group").first.click()
+    chart.locator(".updatemenu-dropdown-button").filter(has_text="Colour by: upsampling").first.click()
+    legend = chart.locator(".legendtext")
+    page.wait_for_function(
+        "el => [...el.querySelectorAll('.legendtext')].some(e => e.textContent === 'bilinear_conv')",
+        arg=chart.element_handle(), timeout=30_000)
+    assert {legend.nth(i).text_content() for i in range(legend.count())} == {"real", "transposed_conv", "bilinear_conv"}
+    assert chart.locator(".legendtitletext").text_content() == "upsampling"
+    assert heading.inner_text().startswith("Selection: 126 samples from 5 models")
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot_whole_app(page, ARTIFACTS / "map_selection.png")
 
