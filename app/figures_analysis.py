@@ -58,7 +58,8 @@ def level_colors(levels: Sequence[str]) -> dict[str, str]:
 def design_hover(design: pd.DataFrame) -> dict[str, str]:
     """model -> its design choices as hover lines ("family: gan<br>loss: hinge")."""
     cols = [c for c in design.columns if c != "model"]
-    return {str(r["model"]): "<br>".join(f"{c}: {r[c]}" for c in cols) for r in design.to_dict("records")}
+    return {str(r["model"]): "<br>".join(f"{c}: {r[c]}" for c in cols if pd.notna(r[c]) and str(r[c]) != "")
+            for r in design.to_dict("records")}  # a blank cell (the real control's seed) says nothing
 
 
 # ---- fingerprint map --------------------------------------------------------------------------------

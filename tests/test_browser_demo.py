@@ -1,0 +1,114 @@
+"""The structure explorer on the real demo (25 zoo models + Fashion-MNIST, 60,000 fingerprints per space)
+in headless Chromium: the map recolours and a box selects samples, the Spectra and Design choices pages
+render. Screenshots go to test-artifacts/demo-*.png.
+
+The demo is built and analysed here (about 7 minutes on a 2-core CPU), unless MANIFPT_DEMO_WORKSPACE
+names one already built and analysed (`manifpt demo`, then `manifpt analyze`); the test only reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from browser_util import ARTIFACTS, chromium_page, open_page, screenshot_whole_app, served_app, wait_for_app_run
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.demo]
+
+
+@pytest.fixture(scope="module")
+def demo_workspace(tmp_path_factory) -> Path:
+    given = os.environ.get("MANIFPT_DEMO_WORKSPACE")
+    if given:
+        return Path(given)
+    from fingerprint_core import demo
+    from fingerprint_core.analysis.run import analyze
+    from fingerprint_core.datasets import DatasetError
+    from fingerprint_core.workspace import Workspace
+
+    path = tmp_path_factory.mktemp("demo") / "demo"
+    try:
+        demo.build(path, device="cpu")
+    except DatasetError as e:  # no Fashion-MNIST: scripts/setup.sh installs it
+        pytest.skip(f"the demo cannot be built here: {e}")
+    analyze(Workspace.open(path))
+    return path
+
+
+@pytest.fixture
+def app_server(demo_workspace: Path, tmp_path: Path) -> Iterator[str]:
+    with served_app(demo_workspace, tmp_path / "streamlit.log") as url:
+        yield url
+
+
+def legend_texts(chart) -> set[str]:
+    legend = chart.locator(".legendtext")
+    return {legend.nth(i).text_content() for i in range(legend.count())}
+
+
+def test_the_structure_explorer_on_the_demo(app_server: str, demo_workspace: Path) -> None:
+    from fingerprint_core.workspace import Workspace
+
+    ws = Workspace.open(demo_workspace)
+    n_models = len(ws.model_names())
+    with chromium_page(width=1500, height=1100) as page:
+        page.goto(app_server)
+        wait_for_app_run(page)
+        open_page(page, "Fingerprint map")
+        chart = page.get_by_test_id("stPlotlyChart").first
+        chart.locator(".legendtext").first.wait_for(timeout=120_000)
+        main = page.get_by_test_id("stMain").inner_text()
+        n_points = int(re.search(r"([\d,]+) samples from (\d+) sets", main).group(1).replace(",", ""))
+        assert n_points == len(ws.images("real")) + sum(len(ws.images(m)) for m in ws.model_names())
+        assert f"samples from {n_models + 1} sets" in main
+        assert len(legend_texts(chart)) >= n_models  # coloured by model (the legend may scroll)
+
+        chart.locator(".updatemenu-header-group").first.click()
+        chart.locator(".updatemenu-dropdown-button").filter(has_text="Colour by: upsampling").first.click()
+        design = ws.design()
+        levels = set(design.loc[design["model"].isin(ws.model_names()), "upsampling"].astype(str))
+        page.wait_for_function(
+            "([el, want]) => want.every(w => [...el.querySelectorAll('.legendtext')].some(e => e.textContent === w))",
+            arg=[chart.element_handle(), sorted(levels)], timeout=30_000)
+        assert legend_texts(chart) == levels | {"real"}
+
+        plot_area = chart.locator(".nsewdrag").first
+        box = plot_area.bounding_box()
+        page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"], steps=12)
+        page.mouse.up()
+        heading = page.get_by_role("heading", name=re.compile(r"^Selection: "))
+        heading.wait_for(timeout=60_000)
+        wait_for_app_run(page)
+        selected = int(re.match(r"Selection: ([\d,]+) samples", heading.inner_text()).group(1).replace(",", ""))
+        assert 0 < selected < n_points
+        grid = page.get_by_test_id("stPlotlyChart").nth(1)
+        grid.locator(".main-svg").first.wait_for(timeout=30_000)
+        assert "nearest real" in grid.inner_text()
+        assert legend_texts(chart) == levels | {"real"}  # selecting kept the colouring: the map was not redrawn
+        assert page.get_by_test_id("stException").count() == 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        screenshot_whole_app(page, ARTIFACTS / "demo-map.png")
+
+        page.set_viewport_size({"width": 1500, "height": 1100})
+        open_page(page, "Spectra")
+        charts = page.get_by_test_id("stPlotlyChart")
+        charts.nth(2).locator(".main-svg").first.wait_for(timeout=60_000)
+        assert page.get_by_test_id("stException").count() == 0
+        assert "real control" in charts.first.inner_text()
+        screenshot_whole_app(page, ARTIFACTS / "demo-spectra.png")
+
+        page.set_viewport_size({"width": 1500, "height": 1100})
+        open_page(page, "Design choices")
+        charts = page.get_by_test_id("stPlotlyChart")
+        charts.nth(1).locator(".main-svg").first.wait_for(timeout=60_000)
+        nmi = charts.first.inner_text()
+        assert "paper, Table 5" in nmi and all(s in nmi for s in ("rgb", "freq", "sl", "ssl"))
+        assert "What stands out" in page.get_by_test_id("stMain").inner_text()
+        assert page.get_by_test_id("stException").count() == 0
+        screenshot_whole_app(page, ARTIFACTS / "demo-design.png")
