@@ -181,7 +181,7 @@ def centroid_figure(
     for i, m in enumerate(order):
         c = cents.loc[m]
         color = style["color"][i]
-        fig.add_trace(go.Scatter(
+        fig.add_trace(go.Scattergl(  # WebGL like the cloud, so the centroids are drawn over it, not under
             x=[c["x"]], y=[c["y"]], mode="markers+text", text=[m], textposition="top center",
             error_x=dict(array=[c["sx"]], color=color, thickness=1.2, width=0),  # ±1 std of its samples
             error_y=dict(array=[c["sy"]], color=color, thickness=1.2, width=0),

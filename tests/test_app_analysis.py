@@ -165,7 +165,7 @@ def test_map_recolours_by_a_design_column_and_switches_space_and_view(monkeypatc
     at.segmented_control(key="map_view").set_value("model centroids").run()
     assert not at.exception
     (fig,) = charts(at)
-    labelled = [m for t in fig["data"] if t["type"] == "scatter" for m in t["text"]]
+    labelled = [m for t in fig["data"][1:] for m in t["text"]]  # after the background cloud
     assert sorted(labelled) == sorted(["real", *MODELS])
     restyle, _, traces = menu_colouring(fig, "family")
     assert traces == list(range(1, len(fig["data"])))  # the background cloud keeps its grey
@@ -355,10 +355,10 @@ def test_rows_of_points_reads_samples_and_centroids():
 def test_centroid_figure_puts_each_model_at_the_mean_of_its_samples():
     frame, design = toy_map()
     fig = fa.centroid_figure(frame, design, "model")
-    cents = {t.text[0]: (t.x[0], t.y[0]) for t in fig.data if t.type == "scatter"}
+    cents = {t.text[0]: (t.x[0], t.y[0]) for t in fig.data[1:]}  # after the background cloud
     assert set(cents) == {"m1", "m2", "m3", "real"}
     assert cents["m2"][0] == pytest.approx(frame.loc[frame["model"] == "m2", "x"].mean())
-    m2 = [t for t in fig.data if t.type == "scatter" and t.text[0] == "m2"][0]
+    m2 = [t for t in fig.data[1:] if t.text[0] == "m2"][0]
     assert m2.customdata[0][0] == "m2"  # selecting the centroid selects the model's samples
     assert m2.error_x.array[0] == pytest.approx(frame.loc[frame["model"] == "m2", "x"].std())  # its spread
 
