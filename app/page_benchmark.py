@@ -90,7 +90,8 @@ def table_section(summary: pd.DataFrame) -> None:
         out.loc["chance"] = CHANCE_STYLE
         return out
 
-    st.dataframe(cells.style.apply(style, axis=None), width="stretch")
+    # every row in view (header + rows + chance at 35 px each): no scrolling inside an 11-method table
+    st.dataframe(cells.style.apply(style, axis=None), width="stretch", height=35 * (len(cells) + 1) + 3)
     st.caption("Mean ± std over training seeds (a, b, c, f) or folds (d, e), two decimals (results.csv has them "
                "all); shaded: the best of each column "
                "(for FPR the lowest). a closed: model accuracy on the test split; b twins: telling apart models of "
