@@ -31,18 +31,15 @@ import pandas as pd
 import torch
 
 from fingerprint_core import devices
-from fingerprint_core.zoo import cards, registry
+from fingerprint_core.zoo import cards, evaluate, registry
 from fingerprint_core.zoo import plan as plan_mod
+from fingerprint_core.zoo.results import BuildError, finished_results  # noqa: F401  (BuildError: part of build's face)
 
 CHECKPOINT_EVERY_S = 180.0  # a kill loses at most this much training
 N_SAMPLES = 2000
 SAMPLE_SEED = 2024  # the noise of every model's samples.npz; fixed so samples are reproducible
 MODELS_CSV_COLUMNS = ("model", "family", "upsampling", "loss", "normalization", "seed")
 _IDENTITY = tuple(c for c in plan_mod.COLUMNS if c != "iterations")  # a checkpoint belongs to these
-
-
-class BuildError(ValueError):
-    """A build that cannot go on; the message names the model and what to do."""
 
 
 @dataclass
@@ -256,8 +253,6 @@ def ship(sampler: torch.nn.Module, row: dict, out: Path, training: dict, *, n_sa
     _write_json(model_dir / "result.json", result)
     write_models_csv(out)
     if encoder is not None:
-        from fingerprint_core.zoo import evaluate  # imports build: a module-level import would cycle
-
         evaluate.evaluate(out, encoder=encoder, real_images=real_images, names=[name],
                           device=device or torch.device("cpu"))
     return sample_seconds
@@ -282,17 +277,6 @@ def devices_text(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()})"
-
-
-def finished_results(out: Path) -> dict[str, dict]:
-    """result.json of every finished model under out/models, by name."""
-    results = {}
-    for path in sorted((out / "models").glob("*/result.json")):
-        try:
-            results[path.parent.name] = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # not finished (or damaged): it will be trained again
-    return results
 
 
 def write_models_csv(out: Path) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import torch
 
 from fingerprint_core import spaces
 from fingerprint_core.zoo import cards, quality
-from fingerprint_core.zoo.build import BuildError, finished_results
+from fingerprint_core.zoo.results import BuildError, finished_results
 
 N_REAL = 2000  # test images the samples are compared with
 REAL_SEED = 0  # which 2,000 of the 10,000 test images
