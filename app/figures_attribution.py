@@ -236,7 +236,6 @@ def bench_figure(summary: pd.DataFrame, protocol: str) -> go.Figure:
             error_y=dict(type="data", array=stds, thickness=1.2, width=3, color="#374151"),
             hovertemplate=f"<b>{method}</b><br>%{{x}}: %{{y:.3f}} ± %{{error_y.array:.3f}}<extra></extra>",
         ))
-    n = max(len(methods), 1)
     for i, m in enumerate(metrics):
         c = chance(summary, protocol, "accuracy" if m == "clean" else m)
         if c is not None:  # a dashed segment across the metric's group of bars

@@ -1,7 +1,6 @@
 """Dataset -> workspace: re-runs, incremental adds, bad files, crashes that lose nothing."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

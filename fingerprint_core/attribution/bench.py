@@ -35,7 +35,6 @@ changed workspace or setting recomputes only what it changes.
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import shutil
 import time
@@ -45,11 +44,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 
 from fingerprint_core.attribution import baselines, openset
 from fingerprint_core.attribution import split as split_mod
+from fingerprint_core.attribution.bench_report import (  # noqa: F401  (markdown: part of the bench's face)
+    PROTOCOLS, SCORE, headline, jsonable, markdown, std_or_zero, summarise, write_results)
+from fingerprint_core.attribution.robustness import (  # noqa: F401
+    JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb)
 from fingerprint_core.attribution.method import Inputs, Method
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import REAL, Workspace, atomic_write_bytes, key_of
@@ -59,11 +60,6 @@ SPLIT_SEED = 0
 SEEDS = (0, 1, 2)
 LODO_FOLDS = 6  # held-out designs (each a full training run per method); 0 = every design
 OPENSET_GROUPS = 5  # openset.folds' default: each fold trains on 3 of 5 groups of models
-JPEG_QUALITY = 75
-NOISE_SIGMA = 2.0  # in pixel codes: 2/255 of the [0, 1] range
-PERTURBATIONS = ("jpeg75", "down2", "noise2")
-PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher")
-SCORE = "mahalanobis"  # the open-set score the table shows (openset.py's default); energy is in results.json
 
 Factory = Callable[[], Method]
 
@@ -103,26 +99,6 @@ def design_groups(design: pd.DataFrame, models: list[str]) -> dict[str, list[str
 def twin_groups(design: pd.DataFrame, models: list[str]) -> list[list[str]]:
     """Designs trained more than once: the lists of their models."""
     return [g for g in design_groups(design, models).values() if len(g) > 1]
-
-
-def perturb(images: np.ndarray, kind: str, *, seed: int = SPLIT_SEED) -> np.ndarray:
-    """uint8 N x C x H x W after one of PERTURBATIONS (seeded where random)."""
-    from fingerprint_core.attribution.baselines.wang20 import jpeg
-
-    x = np.asarray(images)
-    if kind == "jpeg75":
-        return np.stack([jpeg(img, JPEG_QUALITY) for img in x]) if len(x) else x.copy()
-    if kind == "down2":
-        t = torch.from_numpy(np.ascontiguousarray(x)).float()
-        h, w = t.shape[-2:]
-        # antialiased bilinear down (the average of each 2 x 2 block), plain bilinear back up
-        small = F.interpolate(t, size=(max(1, h // 2), max(1, w // 2)), mode="bilinear", antialias=True, align_corners=False)
-        back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-        return back.round().clamp(0, 255).to(torch.uint8).numpy()
-    if kind == "noise2":
-        noise = np.random.default_rng(seed).normal(0.0, NOISE_SIGMA, x.shape)
-        return np.clip(np.rint(x + noise), 0, 255).astype(np.uint8)
-    raise ValueError(f"unknown perturbation {kind!r}; choose one of {', '.join(PERTURBATIONS)}")
 
 
 def subsample_train(table: pd.DataFrame, per_model: int) -> pd.DataFrame:
@@ -213,37 +189,6 @@ def workspace_key(ws: Workspace) -> str:
     models = {m: {"images": e["images"]["key"], "spaces": {s: v["key"] for s, v in e.get("spaces", {}).items()}}
               for m, e in ws.manifest.get("models", {}).items()}
     return key_of(models, ws.manifest.get("design"), ws.manifest.get("real", {}).get("key"))
-
-
-# ---- re-projection of new images -----------------------------------------------------------------
-
-class Reprojector:
-    """Artifacts of new images in a workspace's spaces: embed, exact nearest real image, difference
-    (the same spaces and manifold the workspace was fingerprinted with)."""
-
-    def __init__(self, ws: Workspace, *, device: str = "auto") -> None:
-        self.ws, self.device = ws, device
-        self._spaces: dict = {}
-
-    def _space(self, name: str):
-        from fingerprint_core import devices
-        from fingerprint_core.attribution.predict import workspace_space
-        from fingerprint_core.manifold import Manifold
-
-        if name not in self._spaces:  # the encoder the workspace was built with, found as attribution finds it
-            space = workspace_space(self.ws, name, devices.resolve(self.device))
-            self._spaces[name] = (space, Manifold(self.ws.space_reference(name), device=self.device))
-        return self._spaces[name]
-
-    def artifacts(self, images: np.ndarray, space: str) -> np.ndarray:
-        """float32 N x D artifacts, rounded through float16 as the workspace stores them."""
-        from fingerprint_core import artifacts
-
-        sp, manifold = self._space(space)
-        parts = [artifacts.compute(sp, np.asarray(images[a:a + 4096]), manifold).cpu().numpy()
-                 for a in range(0, len(images), 4096)]
-        arts = np.concatenate(parts) if parts else np.zeros((0, sp.dim(tuple(images.shape[1:]))), np.float32)
-        return arts.astype(np.float16).astype(np.float32)
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -354,7 +299,7 @@ class Bench:
         path = self._path(name, protocol, seed, fold)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = {"key": self._key(name, protocol, seed, fold), "result": result}
-        atomic_write_bytes(path, json.dumps(blob, indent=1, default=_jsonable).encode())
+        atomic_write_bytes(path, json.dumps(blob, indent=1, default=jsonable).encode())
         return result
 
     def _do(self, name: str, protocol: str, seed: int, compute: Callable[[], dict], fold: int | None = None) -> dict:
@@ -367,7 +312,7 @@ class Bench:
             t0 = time.perf_counter()
             hit = self._store(name, protocol, seed, {**compute(), "seconds": round(time.perf_counter() - t0, 1)}, fold)
             self.computed += 1
-            self.progress.log(f"{label}: {_headline(protocol, hit)} ({hit['seconds']:.0f} s)")
+            self.progress.log(f"{label}: {headline(protocol, hit)} ({hit['seconds']:.0f} s)")
         self._bar.update(1)
         return hit
 
@@ -467,7 +412,7 @@ class Bench:
         out = {"folds": folds, "factors": {}}
         for f in self.factors:
             acc = [x["factors"][f]["accuracy"] for x in folds]
-            out["factors"][f] = {"accuracy": float(np.mean(acc)), "std": _std(acc),
+            out["factors"][f] = {"accuracy": float(np.mean(acc)), "std": std_or_zero(acc),
                                  "chance": float(np.mean([x["factors"][f]["chance"] for x in folds])),
                                  "vote_accuracy": float(np.mean([x["factors"][f]["vote"] for x in folds]))}
         return out
@@ -506,7 +451,7 @@ class Bench:
         out = {"folds": folds}
         for kind in openset.SCORES:
             out[kind] = {k: float(np.mean([x[kind][k] for x in folds])) for k in folds[0][kind]}
-            out[kind]["auroc_std"] = _std([x[kind]["auroc"] for x in folds])
+            out[kind]["auroc_std"] = std_or_zero([x[kind]["auroc"] for x in folds])
         return out
 
     def _openset_fold(self, name: str, seed: int, fold) -> dict:
@@ -587,36 +532,6 @@ class Bench:
         }
 
 
-# ---- summaries -----------------------------------------------------------------------------------
-
-def _std(values: list[float]) -> float:
-    v = [x for x in values if x == x]
-    return float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-
-
-def _jsonable(o):
-    if isinstance(o, (np.integer, np.floating, np.bool_)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"{type(o).__name__} is not JSON-able")
-
-
-def _headline(protocol: str, r: dict) -> str:
-    """One short line for the log of a finished part."""
-    if protocol in ("closed", "twins"):
-        return f"accuracy {r['accuracy']:.3f} (chance {r['chance']:.3f})"
-    if protocol == "robust":
-        return ", ".join(f"{p} {r[p]:.3f}" for p in PERTURBATIONS)
-    if protocol == "fisher":
-        return f"FDR {r['fdr']:.3g}"
-    if protocol == "lodo":
-        return f"held out {r['design']}: " + ", ".join(f"{f} {v['accuracy']:.2f}" for f, v in r["factors"].items())
-    if protocol == "openset":
-        return f"AUROC {r[SCORE]['auroc']:.3f} (unknown: {', '.join(r['test'])})"
-    return ""
-
-
 def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
     seeds = ",".join(map(str, s.seeds))
     return [
@@ -637,93 +552,6 @@ def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
         f"{SCORE} score on each method's features (energy on logits in results.json).",
         "f fisher: trace(S_between) / trace(S_within) of the features on the test split, model labels.",
     ]
-
-
-def summarise(parts: dict[str, dict], seeds: tuple[int, ...]) -> list[dict]:
-    """Rows (method, protocol, metric, mean, std, n, over) of every number the table shows."""
-    rows = []
-
-    def add(method, protocol, metric, values, over):
-        v = [float(x) for x in values if x is not None and x == x]
-        if v:
-            rows.append({"method": method, "protocol": protocol, "metric": metric, "mean": float(np.mean(v)),
-                         "std": _std(v), "n": len(v), "over": over})
-
-    for m, p in parts.items():
-        done = {proto: [r for r in p.get(proto, {}).values() if "skipped" not in r] for proto in PROTOCOLS}
-        add(m, "closed", "accuracy", [r["accuracy"] for r in done["closed"]], "seeds")
-        add(m, "closed", "chance", [r["chance"] for r in done["closed"]][:1], "-")
-        add(m, "twins", "accuracy", [r["accuracy"] for r in done["twins"]], "seeds")
-        add(m, "twins", "chance", [r["chance"] for r in done["twins"]][:1], "-")
-        for pert in PERTURBATIONS:
-            add(m, "robust", pert, [r[pert] for r in done["robust"]], "seeds")
-        add(m, "fisher", "fdr", [r["fdr"] for r in done["fisher"]], "seeds")
-        for r in done["lodo"]:
-            for f in r["factors"]:
-                add(m, "lodo", f, [x["factors"][f]["accuracy"] for x in r["folds"]], "folds")
-                add(m, "lodo", f"{f} chance", [r["factors"][f]["chance"]], "-")
-        for r in done["openset"]:
-            for k in ("auroc", "tpr_calibrated", "fpr_calibrated"):
-                add(m, "openset", k, [x[SCORE][k] for x in r["folds"]], "folds")
-    return rows
-
-
-COLUMNS = [  # (protocol, metric, header)
-    ("closed", "accuracy", "a closed acc"), ("twins", "accuracy", "b twins acc"),
-    ("robust", "jpeg75", "c JPEG 75"), ("robust", "down2", "c down x2"), ("robust", "noise2", "c noise 2/255"),
-    ("lodo", None, "d LODO"), ("openset", "auroc", "e AUROC"), ("openset", "tpr_calibrated", "e TPR"),
-    ("openset", "fpr_calibrated", "e FPR"), ("fisher", "fdr", "f FDR"),
-]
-
-
-def markdown(summary: list[dict]) -> str:
-    """Methods as rows, protocols as columns (mean ± std), and a last row with chance."""
-    table = pd.DataFrame(summary)
-    if table.empty:
-        return "(no results yet)\n"
-    methods = list(dict.fromkeys(table["method"]))
-    lodo = [m for m in dict.fromkeys(table.loc[table["protocol"] == "lodo", "metric"]) if not m.endswith(" chance")]
-    cols = []
-    for proto, metric, header in COLUMNS:
-        if proto == "lodo":
-            cols += [(proto, f, f"d LODO {f}") for f in lodo]
-        else:
-            cols.append((proto, metric, header))
-    cols = [c for c in cols if ((table["protocol"] == c[0]) & (table["metric"] == c[1])).any()]
-
-    def cell(method, proto, metric):
-        hit = table[(table["method"] == method) & (table["protocol"] == proto) & (table["metric"] == metric)]
-        if hit.empty:
-            return "-"
-        r = hit.iloc[0]
-        fmt = (lambda v: f"{v:.3g}") if proto == "fisher" else (lambda v: f"{v:.3f}")
-        return fmt(r["mean"]) + (f" ± {fmt(r['std'])}" if r["n"] > 1 else "")
-
-    def chance(proto, metric):
-        name = {"closed": "chance", "twins": "chance"}.get(proto, f"{metric} chance" if proto == "lodo" else None)
-        if name is None:
-            return "0.500" if metric == "auroc" else "-"
-        hit = table[(table["protocol"] == proto) & (table["metric"] == name)]
-        return f"{hit['mean'].iloc[0]:.3f}" if len(hit) else "-"
-
-    lines = ["| method | " + " | ".join(h for _, _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-    lines += [f"| {m} | " + " | ".join(cell(m, p, k) for p, k, _ in cols) + " |" for m in methods]
-    lines.append("| chance | " + " | ".join(chance(p, k) for p, k, _ in cols) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_results(out: Path, results: dict) -> None:
-    """DIR/results.json, results.csv and results.md, each written atomically."""
-    out = Path(out)
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=_jsonable).encode())
-    buf = io.StringIO()
-    pd.DataFrame(results["summary"], columns=["method", "protocol", "metric", "mean", "std", "n", "over"]).to_csv(buf, index=False)
-    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
-    md = ["# Attribution benchmark", "", f"Workspace `{results['workspace']}`.", "", markdown(results["summary"])]
-    md += [f"- {n}" for n in results["notes"]]
-    md += [f"- {m} not run: {why}" for m, why in results.get("skipped_methods", {}).items()]
-    md += [f"- {proto} not run: {why}" for proto, why in results.get("skipped_protocols", {}).items()]
-    atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
 
 
 def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factory] | None = None,

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fingerprint_core.zoo import layers
 from fingerprint_core.zoo.decoder import ConvDecoder
 from fingerprint_core.zoo.trainer import Trainer, ema_copy, ema_decay, ema_update
 
