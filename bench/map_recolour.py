@@ -24,9 +24,7 @@ sys.path.insert(0, str(REPO))
 CHROMIUM = os.environ.get("MANIFPT_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
-# colouring -> a legend entry that only that colouring draws
-STEPS = {"upsampling": "pixel_shuffle", "loss": "hinge", "family": "diffusion", "normalization": "group",
-         "model": None}
+COLOURINGS = ("upsampling", "loss", "family", "normalization")  # then back to "model"
 PAINTED = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r(true))))"
 LEGEND_SHOWS = """([w, fresh]) => [...document.querySelectorAll('.js-plotly-plot')]
     .filter(p => !fresh || !p.dataset.old)
@@ -37,6 +35,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def legend_marks(design, models: list[str]) -> dict[str, str]:
+    """colouring -> a legend entry that only that colouring draws (a level no other column or model has)."""
+    design = design[design["model"].isin(models)].astype(str)
+    taken = {c: set(design[c]) for c in COLOURINGS if c in design}
+    marks = {}
+    for c, levels in taken.items():
+        others = set(models).union(*(v for k, v in taken.items() if k != c))
+        unique = sorted(levels - others)
+        if unique:
+            marks[c] = unique[0]
+    return {**marks, "model": models[0]}
 
 
 def recolour(page, colour: str, legend: str) -> float:
@@ -73,6 +84,7 @@ def main() -> None:
     ws = Path(sys.argv[1]) if len(sys.argv) > 1 else default_workspace()
     opened = Workspace.open(ws)
     first_model = opened.model_names()[0]
+    steps = legend_marks(opened.design(), opened.model_names())
     spaces = Analysis.load(opened).spaces
     n = len(Analysis.load(opened).fingerprint_map(spaces[0]))
     port = free_port()
@@ -90,9 +102,9 @@ def main() -> None:
             print(f"workspace {ws}: {n:,} points on the map, headless Chromium (software WebGL)\n")
             print(f"{'change':<28} {'to':<20} {'seconds':>8}")
             for _ in range(2):
-                for colour, legend in STEPS.items():
+                for colour, legend in steps.items():
                     time.sleep(2)
-                    rows.append(("recolour (chart dropdown)", colour, recolour(page, colour, legend or first_model)))
+                    rows.append(("recolour (chart dropdown)", colour, recolour(page, colour, legend)))
                     print(f"{rows[-1][0]:<28} {rows[-1][1]:<20} {rows[-1][2]:>8.2f}", flush=True)
             for space in [*spaces[1:], spaces[0]] * 2:
                 time.sleep(2)
