@@ -10,7 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from app.figures import symmetric_range
+from app.figures import DIVERGING, symmetric_range
 
 REAL = "real"  # the held-out real images (fingerprint_core.workspace.REAL): the real control
 REAL_COLOR = "#6B7280"  # the real control is grey on every figure
@@ -20,7 +20,6 @@ PALETTE = (
     "#2E91E5", "#E15F99", "#1CA71C", "#FB0D0D", "#DA16FF", "#B68100", "#750D86", "#EB663B", "#511CFB",
     "#00A08B", "#FB00D1", "#B2828D", "#6C7C32", "#778AAE", "#862A16", "#A777F1", "#620042", "#1616A7",
 )
-DIVERGING = "RdBu_r"  # blue below zero, white at zero, red above
 SEQUENTIAL = "Viridis"
 MAP_HEIGHT = 640
 
@@ -75,6 +74,9 @@ def colourings(design: pd.DataFrame) -> list[str]:
     return ["model", *(c for c in design.columns if c != "model")]
 
 
+LEGEND_KEYS = ("name", "legendgroup", "showlegend", "legendrank")  # what a colouring sets on a trace besides colour
+
+
 def legend_styles(models: Sequence[str], design: pd.DataFrame, color_by: str) -> dict[str, list]:
     """Per trace (one model each, in drawing order): colour, legend name and group, legend rank, and whether
     the trace opens its level's legend entry (the first of each level does)."""
@@ -93,8 +95,7 @@ def colour_menu(models: Sequence[str], traces: Sequence[int], design: pd.DataFra
     buttons = []
     for col in colourings(design):
         s = legend_styles(models, design, col)
-        restyle = {**{k: s["color"] for k in colour_keys},
-                   **{k: s[k] for k in ("name", "legendgroup", "showlegend", "legendrank")}}
+        restyle = {**{k: s["color"] for k in colour_keys}, **{k: s[k] for k in LEGEND_KEYS}}
         buttons.append(dict(label=f"Colour by: {col}", method="update",
                             args=[restyle, {"legend.title.text": col}, list(traces)]))
     active = colourings(design).index(color_by) if color_by in colourings(design) else 0
@@ -148,8 +149,7 @@ def map_figure(
             x=x[rows].astype(np.float32), y=y[rows].astype(np.float32), mode="markers",
             customdata=np.column_stack([rows, index[rows]]).astype(np.int32),
             marker=dict(color=style["color"][i], size=4 if m == REAL else 5, opacity=0.55 if m == REAL else 0.75),
-            name=style["name"][i], legendgroup=style["legendgroup"][i], showlegend=style["showlegend"][i],
-            legendrank=style["legendrank"][i], unselected=dict(marker=dict(opacity=0.06)),
+            unselected=dict(marker=dict(opacity=0.06)), **{k: style[k][i] for k in LEGEND_KEYS},
             hovertemplate=f"<b>{m}</b> · sample #%{{customdata[1]}}<br>{hover.get(m, '')}<extra></extra>",
         ))
     _map_layout(fig, color_by, height, colour_menu(order, range(len(order)), design, color_by), revision)
@@ -185,9 +185,7 @@ def centroid_figure(
             x=[c["x"]], y=[c["y"]], mode="markers+text", text=[m], textposition="top center",
             error_x=dict(array=[c["sx"]], color=color, thickness=1.2, width=0),  # ±1 std of its samples
             error_y=dict(array=[c["sy"]], color=color, thickness=1.2, width=0),
-            textfont=dict(size=10, color="#374151"), customdata=[[m]],
-            name=style["name"][i], legendgroup=style["legendgroup"][i], showlegend=style["showlegend"][i],
-            legendrank=style["legendrank"][i],
+            textfont=dict(size=10, color="#374151"), customdata=[[m]], **{k: style[k][i] for k in LEGEND_KEYS},
             marker=dict(color=color, size=15, line=dict(color="white", width=1.5),
                         symbol="diamond" if m == REAL else "circle"),
             hovertext=[f"<b>{m}</b> · {int(c['n'])} samples<br>{hover.get(m, '')}"],

@@ -38,7 +38,7 @@ def artifact_tile(image: np.ndarray, nearest: np.ndarray, px: int = TILE_PX) -> 
     """(uint8 H' x W' x 3, r): the RGB artifact x - x* of C x H x W images (channel mean, pixels in [0, 1])
     on a diverging scale [-r, r], blue below zero, red above."""
     x, x_star = np.asarray(image, np.float32) / 255, np.asarray(nearest, np.float32) / 255
-    a = (x - x_star).mean(axis=0)
+    a = figures.channel_mean((x - x_star)[None])[0]
     half = figures.symmetric_range(a)
     return pixel_tile(chw_to_hwc(figures.colormapped(a, half)), px), half
 

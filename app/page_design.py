@@ -77,9 +77,10 @@ def lomo_section(metrics: dict) -> None:
     st.plotly_chart(figures_analysis.lomo_figure(accuracy, chance), width="stretch", key="design_lomo",
                     config={"displaylogo": False})
     st.caption(
-        "Every model of one design (all its seeds) is held out; a logistic regression trained on the other designs' "
-        "fingerprints predicts the factor for each held-out sample. Bars: the mean share of correct answers over held-out "
-        "designs; black ticks: chance, always answering the most common level among the training designs. "
+        "Every model of one design (all its seeds) is held out; a linear classifier (LDA with a shrunk covariance) "
+        "trained on the other designs' fingerprints predicts the factor for each held-out sample. Bars: the mean "
+        "share of correct answers over held-out designs; black ticks: chance, the better of two guesses that ignore "
+        "the fingerprints (always the training designs' most common level, or a level drawn with their frequencies). "
         "*n/a*: with one design out, the rest show one level only."
     )
     detail = metrics.get("detail", {})
@@ -96,7 +97,8 @@ def lomo_section(metrics: dict) -> None:
             st.dataframe(folds, hide_index=True, width="stretch", column_config={
                 "accuracy": st.column_config.ProgressColumn("accuracy", min_value=0.0, max_value=1.0, format="percent"),
                 "chance": st.column_config.NumberColumn(
-                    "chance", help="1 when the training designs' most common level is the true one."),
+                    "chance", help="The better fingerprint-free guess: 1 when the training designs' most common level is the "
+                            "true one, else the true level's share among the training designs."),
                 "unseen": st.column_config.CheckboxColumn(
                     "unseen", help="The true level never occurs among the training designs."),
             })

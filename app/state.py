@@ -170,8 +170,7 @@ def _analysis(path: str, stamp: str) -> tuple[str, Analysis | None]:
 
     ws = _open(path, stamp)
     try:
-        found = Analysis.state(ws)
-        return found, (Analysis.load(ws) if found == "current" else None)
+        return Analysis.read(ws)
     except (OSError, ValueError, KeyError) as e:  # a damaged analysis entry: say why, never a traceback
         return f"unreadable: {e}", None
 

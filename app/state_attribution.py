@@ -229,9 +229,10 @@ RESULTS = "results.json"
 
 
 def bench_dir(path: str) -> Path:
-    """Where the page looks first: <workspace>-bench beside the workspace. Not inside it: a workspace's commit
-    deletes every folder its manifest does not name."""
-    return Path(path).parent / f"{Path(path).name}-bench"
+    """Where the page looks first: where `manifpt bench` writes by default."""
+    from fingerprint_core.attribution.bench import default_out
+
+    return default_out(path)
 
 
 def bench_command(path: str, quick: bool = False) -> str:

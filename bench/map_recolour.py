@@ -85,8 +85,9 @@ def main() -> None:
     opened = Workspace.open(ws)
     first_model = opened.model_names()[0]
     steps = legend_marks(opened.design(), opened.model_names())
-    spaces = Analysis.load(opened).spaces
-    n = len(Analysis.load(opened).fingerprint_map(spaces[0]))
+    analysis = Analysis.load(opened)
+    spaces = analysis.spaces
+    n = len(analysis.fingerprint_map(spaces[0]))
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.port", str(port), "--server.headless", "true"],

@@ -399,7 +399,7 @@ class _PartProgress(TqdmProgress):
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from fingerprint_core.attribution import bench
+    from fingerprint_core.attribution import bench, bench_report
     from fingerprint_core.workspace import Workspace
 
     try:
@@ -408,10 +408,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     if args.out is None:
-        args.out = args.workspace.parent / f"{args.workspace.name}-bench"
-    if args.out.resolve().is_relative_to(args.workspace.resolve()):
-        raise ValueError(f"--out {args.out} is inside the workspace, whose next commit would delete it; "
-                         "pick a folder outside it")
+        args.out = bench.default_out(args.workspace)
     if args.threads is not None:
         import torch
 
@@ -427,7 +424,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return 130
     for name, why in {**results["skipped_methods"], **results["skipped_protocols"]}.items():
         print(f"warning: {name} not run: {why}", file=sys.stderr)
-    print(bench.markdown(results["summary"]), end="")
+    print(bench_report.markdown(results["summary"]), end="")
     print(f"\nsplit seed {bench.SPLIT_SEED} (fixed), training seeds {args.seeds}; notes and every number: "
           f"{args.out / 'results.md'}, results.json, results.csv")
     return 0

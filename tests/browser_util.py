@@ -110,3 +110,39 @@ def screenshot_whole_app(page, path: Path) -> None:
     page.set_viewport_size({"width": page.viewport_size["width"], "height": min(int(height) + 40, 8000)})
     page.wait_for_timeout(500)  # relayout and plotly redraw at the new size
     page.screenshot(path=str(path), full_page=True)
+
+
+def drag_box(page, element, fx0: float, fy0: float, fx1: float, fy1: float) -> None:
+    """Drag with the mouse across an element, from and to fractions of its size."""
+    box = element.bounding_box()
+    x0, y0 = box["x"] + fx0 * box["width"], box["y"] + fy0 * box["height"]
+    x1, y1 = box["x"] + fx1 * box["width"], box["y"] + fy1 * box["height"]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=12)  # plotly needs intermediate moves to see a drag
+    page.mouse.up()
+
+
+def choose_colouring(page, chart, column: str, shows: list[str]) -> None:
+    """Pick "Colour by: column" in a fingerprint map's own dropdown; wait until its legend shows every entry of shows."""
+    chart.locator(".updatemenu-header-group").first.click()
+    chart.locator(".updatemenu-dropdown-button").filter(has_text=f"Colour by: {column}").first.click()
+    page.wait_for_function(
+        "([el, want]) => want.every(w => [...el.querySelectorAll('.legendtext')].some(e => e.textContent === w))",
+        arg=[chart.element_handle(), list(shows)], timeout=30_000)
+
+
+def legend_texts(chart) -> set[str]:
+    """The entries of a plotly chart's legend."""
+    legend = chart.locator(".legendtext")
+    return {legend.nth(i).text_content() for i in range(legend.count())}
+
+
+def show_page(page, title: str, chart: int) -> object:
+    """Open a page at the usual viewport and wait for its chart number chart; returns the page's charts."""
+    page.set_viewport_size({"width": 1500, "height": 1100})
+    open_page(page, title)
+    charts = page.get_by_test_id("stPlotlyChart")
+    charts.nth(chart).locator(".main-svg").first.wait_for(timeout=60_000)
+    return charts
+

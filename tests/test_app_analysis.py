@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from functools import partial
 from pathlib import Path
@@ -10,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from analysis_util import NAME, analysed_root
+from app_util import charts, decode, open_page
 from app import figures_analysis as fa
 
-MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 PAGES = ("page_map.py", "page_spectra.py", "page_design.py")
 MODELS = ["toy_gan", "toy_vae", "toy_gan_b", "toy_vae_b"]
 
@@ -28,34 +26,6 @@ def analysed_workspace_root(tmp_path_factory) -> Path:
 @pytest.fixture
 def analysed_ws(analysed_workspace_root) -> Path:
     return analysed_workspace_root / NAME
-
-
-def open_page(monkeypatch, root: Path, page: str, state: dict | None = None) -> AppTest:
-    """The app on one page, run against a workspace root; state is put in session_state before that run."""
-    monkeypatch.setenv("MANIFPT_WORKSPACE", str(root))
-    at = AppTest.from_file(MAIN, default_timeout=120)
-    at.run()
-    for k, v in (state or {}).items():
-        at.session_state[k] = v
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def charts(at: AppTest) -> list[dict]:
-    """Every plotly figure on the page, as plotly JSON."""
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def decode(v) -> np.ndarray:
-    """A plotly JSON array (a list, or a base64 typed array) as numpy."""
-    if isinstance(v, dict) and "bdata" in v:
-        import base64
-
-        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-        shape = v.get("shape")
-        return a.reshape([int(d) for d in str(shape).split(",")]) if shape is not None else a
-    return np.asarray(v)
 
 
 def workspace_stamp(path: Path) -> str:

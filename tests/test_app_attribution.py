@@ -21,9 +21,9 @@ from streamlit.testing.v1 import AppTest
 
 from app import figures_attribution as fat
 from app import state_attribution as sa
+from app_util import charts, decode, open_page
 from gmdata import add_model, blob_images, make_gm_dataset
 
-MAIN = Path(__file__).resolve().parents[1] / "app" / "main.py"
 NAME = "gm-attr"
 _BUILT: dict[str, Path] = {}  # one build per test session, whichever module asks first
 
@@ -67,29 +67,6 @@ def attribution_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def attr_root(tmp_path_factory) -> Path:
     return attribution_root(tmp_path_factory)
-
-
-def open_page(monkeypatch, root: Path, page: str) -> AppTest:
-    """The app on one page, run against a workspace root."""
-    monkeypatch.setenv("MANIFPT_WORKSPACE", str(root))
-    at = AppTest.from_file(MAIN, default_timeout=180)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def charts(at: AppTest) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-
-
-def values(v) -> np.ndarray:
-    """A plotly JSON array (a list, or a base64 typed array) as numpy."""
-    if isinstance(v, dict) and "bdata" in v:
-        import base64
-
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-    return np.asarray(v)
 
 
 # ---- files a user may drop ----------------------------------------------------------------------------------
@@ -274,9 +251,9 @@ def test_uploads_are_placed_on_the_fingerprint_map(monkeypatch, tmp_path_factory
     maps = [f for f in charts(at) if any(t.get("name", "").startswith("upload: ") for t in f["data"])]
     assert len(maps) == 1
     stars = [t for t in maps[0]["data"] if t.get("name", "").startswith("upload: ")]
-    xs = np.concatenate([values(t["x"]) for t in stars]).astype(float)
+    xs = np.concatenate([decode(t["x"]) for t in stars]).astype(float)
     assert len(xs) == 2 and xs[0] == xs[1]  # the same image twice: the same place
-    mapped = np.concatenate([values(t["x"]) for t in maps[0]["data"] if t["type"] == "scattergl"]).astype(float)
+    mapped = np.concatenate([decode(t["x"]) for t in maps[0]["data"] if t["type"] == "scattergl"]).astype(float)
     assert mapped.min() <= xs[0] <= mapped.max()  # among the samples, where its neighbours are
     assert any("median map position of the 5 samples" in c.value for c in at.caption)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from analysis_util import analysed_root
-from browser_util import ARTIFACTS, chromium_page, open_page, screenshot_whole_app, served_app, wait_for_app_run
+from browser_util import (ARTIFACTS, choose_colouring, chromium_page, drag_box, legend_texts, open_page,
+                          screenshot_whole_app, served_app, show_page, wait_for_app_run)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -26,17 +27,6 @@ def app_server(tmp_path_factory, tmp_path: Path) -> Iterator[str]:
 def browser_page():
     with chromium_page(width=1500, height=1100) as page:
         yield page
-
-
-def drag_box(page, element, fx0: float, fy0: float, fx1: float, fy1: float) -> None:
-    """Drag with the mouse across an element, from and to fractions of its size."""
-    box = element.bounding_box()
-    x0, y0 = box["x"] + fx0 * box["width"], box["y"] + fy0 * box["height"]
-    x1, y1 = box["x"] + fx1 * box["width"], box["y"] + fy1 * box["height"]
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=12)  # plotly needs intermediate moves to see a drag
-    page.mouse.up()
 
 
 def test_box_selection_on_the_map_opens_the_sample_grid(app_server: str, browser_page) -> None:
@@ -65,30 +55,19 @@ def test_box_selection_on_the_map_opens_the_sample_grid(app_server: str, browser
     assert page.get_by_test_id("stException").count() == 0
 
     # recolouring is the chart's own dropdown: the legend changes, the selection and its grid stay
-    chart.locator(".updatemenu-header-group").first.click()
-    chart.locator(".updatemenu-dropdown-button").filter(has_text="Colour by: upsampling").first.click()
-    legend = chart.locator(".legendtext")
-    page.wait_for_function(
-        "el => [...el.querySelectorAll('.legendtext')].some(e => e.textContent === 'bilinear_conv')",
-        arg=chart.element_handle(), timeout=30_000)
-    assert {legend.nth(i).text_content() for i in range(legend.count())} == {"real", "transposed_conv", "bilinear_conv"}
+    choose_colouring(page, chart, "upsampling", ["bilinear_conv"])
+    assert legend_texts(chart) == {"real", "transposed_conv", "bilinear_conv"}
     assert chart.locator(".legendtitletext").text_content() == "upsampling"
     assert heading.inner_text().startswith("Selection: 126 samples from 5 models")
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot_whole_app(page, ARTIFACTS / "map_selection.png")
 
-    page.set_viewport_size({"width": 1500, "height": 1100})
-    open_page(page, "Spectra")
-    charts = page.get_by_test_id("stPlotlyChart")
-    charts.nth(2).locator(".main-svg").first.wait_for(timeout=30_000)
+    charts = show_page(page, "Spectra", chart=2)
     assert charts.count() == 3 and page.get_by_test_id("stException").count() == 0
     assert "real control" in charts.first.inner_text()
     screenshot_whole_app(page, ARTIFACTS / "spectra.png")
 
-    page.set_viewport_size({"width": 1500, "height": 1100})
-    open_page(page, "Design choices")
-    charts = page.get_by_test_id("stPlotlyChart")
-    charts.nth(1).locator(".main-svg").first.wait_for(timeout=30_000)
+    charts = show_page(page, "Design choices", chart=1)
     main = page.get_by_test_id("stMain").inner_text()
     assert "What stands out" in main and "paper, Table 5" in charts.first.inner_text()
     assert page.get_by_test_id("stException").count() == 0

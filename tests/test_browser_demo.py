@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import ARTIFACTS, chromium_page, open_page, screenshot_whole_app, served_app, wait_for_app_run
+from browser_util import (ARTIFACTS, choose_colouring, chromium_page, drag_box, legend_texts, open_page,
+                          screenshot_whole_app, served_app, show_page, wait_for_app_run)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.demo]
 
@@ -45,11 +46,6 @@ def app_server(demo_workspace: Path, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def legend_texts(chart) -> set[str]:
-    legend = chart.locator(".legendtext")
-    return {legend.nth(i).text_content() for i in range(legend.count())}
-
-
 def test_the_structure_explorer_on_the_demo(app_server: str, demo_workspace: Path) -> None:
     from fingerprint_core.workspace import Workspace
 
@@ -67,21 +63,12 @@ def test_the_structure_explorer_on_the_demo(app_server: str, demo_workspace: Pat
         assert f"samples from {n_models + 1} sets" in main
         assert len(legend_texts(chart)) >= n_models  # coloured by model (the legend may scroll)
 
-        chart.locator(".updatemenu-header-group").first.click()
-        chart.locator(".updatemenu-dropdown-button").filter(has_text="Colour by: upsampling").first.click()
         design = ws.design()
         levels = set(design.loc[design["model"].isin(ws.model_names()), "upsampling"].astype(str))
-        page.wait_for_function(
-            "([el, want]) => want.every(w => [...el.querySelectorAll('.legendtext')].some(e => e.textContent === w))",
-            arg=[chart.element_handle(), sorted(levels)], timeout=30_000)
+        choose_colouring(page, chart, "upsampling", sorted(levels))
         assert legend_texts(chart) == levels | {"real"}
 
-        plot_area = chart.locator(".nsewdrag").first
-        box = plot_area.bounding_box()
-        page.mouse.move(box["x"] + 0.3 * box["width"], box["y"] + 0.3 * box["height"])
-        page.mouse.down()
-        page.mouse.move(box["x"] + 0.6 * box["width"], box["y"] + 0.6 * box["height"], steps=12)
-        page.mouse.up()
+        drag_box(page, chart.locator(".nsewdrag").first, 0.3, 0.3, 0.6, 0.6)
         heading = page.get_by_role("heading", name=re.compile(r"^Selection: "))
         heading.wait_for(timeout=60_000)
         wait_for_app_run(page)
@@ -95,18 +82,12 @@ def test_the_structure_explorer_on_the_demo(app_server: str, demo_workspace: Pat
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot_whole_app(page, ARTIFACTS / "demo-map.png")
 
-        page.set_viewport_size({"width": 1500, "height": 1100})
-        open_page(page, "Spectra")
-        charts = page.get_by_test_id("stPlotlyChart")
-        charts.nth(2).locator(".main-svg").first.wait_for(timeout=60_000)
+        charts = show_page(page, "Spectra", chart=2)
         assert page.get_by_test_id("stException").count() == 0
         assert "real control" in charts.first.inner_text()
         screenshot_whole_app(page, ARTIFACTS / "demo-spectra.png")
 
-        page.set_viewport_size({"width": 1500, "height": 1100})
-        open_page(page, "Design choices")
-        charts = page.get_by_test_id("stPlotlyChart")
-        charts.nth(1).locator(".main-svg").first.wait_for(timeout=60_000)
+        charts = show_page(page, "Design choices", chart=1)
         nmi = charts.first.inner_text()
         assert "paper, Table 5" in nmi and all(s in nmi for s in ("rgb", "freq", "sl", "ssl"))
         assert "What stands out" in page.get_by_test_id("stMain").inner_text()

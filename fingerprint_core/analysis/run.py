@@ -166,16 +166,20 @@ class Analysis:
     @classmethod
     def load(cls, ws: Workspace) -> "Analysis | None":
         """The workspace's analysis, or None when `manifpt analyze` has not run (or is stale)."""
-        found = cls._read(ws)
-        return found if found is not None and found.is_current(ws) else None
+        return cls.read(ws)[1]
 
     @classmethod
     def state(cls, ws: Workspace) -> str:
         """One of "missing" (never analysed), "stale" (fingerprints or design table changed since) or "current"."""
+        return cls.read(ws)[0]
+
+    @classmethod
+    def read(cls, ws: Workspace) -> "tuple[str, Analysis | None]":
+        """(state, the analysis when current): one read of the entry for callers that need both."""
         found = cls._read(ws)
         if found is None:
-            return "missing"
-        return "current" if found.is_current(ws) else "stale"
+            return "missing", None
+        return ("current", found) if found.is_current(ws) else ("stale", None)
 
     @classmethod
     def _read(cls, ws: Workspace) -> "Analysis | None":

@@ -47,10 +47,9 @@ import pandas as pd
 
 from fingerprint_core.attribution import baselines, openset
 from fingerprint_core.attribution import split as split_mod
-from fingerprint_core.attribution.bench_report import (  # noqa: F401  (markdown: part of the bench's face)
-    PROTOCOLS, SCORE, headline, jsonable, markdown, std_or_zero, summarise, write_results)
-from fingerprint_core.attribution.robustness import (  # noqa: F401
-    JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb)
+from fingerprint_core.attribution.bench_report import (
+    PROTOCOLS, SCORE, headline, jsonable, std_or_zero, summarise, write_results)
+from fingerprint_core.attribution.robustness import JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb
 from fingerprint_core.attribution.method import Inputs, Method
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import REAL, Workspace, atomic_write_bytes, key_of
@@ -191,6 +190,14 @@ def workspace_key(ws: Workspace) -> str:
     return key_of(models, ws.manifest.get("design"), ws.manifest.get("real", {}).get("key"))
 
 
+def default_out(workspace: str | Path) -> Path:
+    """Where a workspace's benchmark goes unless told otherwise (and where the Benchmark page looks
+    first): <workspace>-bench beside it. Never inside: a workspace's commit deletes every folder its
+    manifest does not name."""
+    workspace = Path(workspace)
+    return workspace.parent / f"{workspace.name}-bench"
+
+
 # ---- the run -------------------------------------------------------------------------------------
 
 @dataclass
@@ -212,6 +219,9 @@ class Bench:
                  settings: Settings | None = None, skipped: dict[str, str] | None = None,
                  progress: Progress | None = None) -> None:
         self.ws, self.out, self.factories = ws, Path(out), factories
+        if self.out.resolve().is_relative_to(ws.path.resolve()):
+            raise ValueError(f"the bench folder {self.out} is inside the workspace {ws.path}, whose next commit "
+                             "would delete it; pick a folder outside it")
         self.settings = settings or Settings()
         if not self.settings.seeds:
             raise ValueError("give at least one seed")

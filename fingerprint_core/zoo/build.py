@@ -33,7 +33,7 @@ import torch
 from fingerprint_core import devices
 from fingerprint_core.zoo import cards, evaluate, registry
 from fingerprint_core.zoo import plan as plan_mod
-from fingerprint_core.zoo.results import BuildError, finished_results  # noqa: F401  (BuildError: part of build's face)
+from fingerprint_core.zoo.results import BuildError, finished_results
 
 CHECKPOINT_EVERY_S = 180.0  # a kill loses at most this much training
 N_SAMPLES = 2000
