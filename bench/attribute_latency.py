@@ -19,6 +19,7 @@ import argparse
 import io
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -81,8 +82,8 @@ def main() -> None:
 
     rows = []
     for label, batch in (("1 image", items[:1]), (f"{args.batch} images", items)):
-        warm = timed(lambda: cached(batch), args.runs)
-        slow = timed(lambda: naive(batch), args.runs)
+        warm = timed(partial(cached, batch), args.runs)
+        slow = timed(partial(naive, batch), args.runs)
         rows.append((label, warm, slow, len(batch)))
 
     print(f"workspace {ws.path}: {attributor.kind} attributor over {', '.join(attributor.spaces)}; "

@@ -34,7 +34,7 @@ def project(space: Space, images: torch.Tensor | np.ndarray, manifold: Manifold,
     if not parts:
         empty = torch.empty(0)
         return Projection(empty.long(), empty.float(), torch.empty((0, manifold.dim)))
-    idx, dist, art = (torch.cat(t) for t in zip(*parts))
+    idx, dist, art = (torch.cat(t) for t in zip(*parts, strict=True))
     return Projection(idx, dist, art)
 
 

@@ -16,7 +16,7 @@ class TqdmProgress:
         self.quiet = quiet
         self._bar = None
 
-    def task(self, desc: str, total: int) -> "TqdmProgress":
+    def task(self, desc: str, total: int) -> TqdmProgress:
         from tqdm import tqdm
 
         child = TqdmProgress(self.quiet)
@@ -83,7 +83,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from fingerprint_core.analysis.run import analyze
     from fingerprint_core.workspace import Workspace
 
-    metrics = analyze(Workspace.open(args.workspace), progress=TqdmProgress(args.json or args.quiet), force=args.force)
+    progress = TqdmProgress(args.json or args.quiet)
+    if args.job is not None:
+        progress = args.job.wrapping(progress)
+    metrics = analyze(Workspace.open(args.workspace), progress=progress, force=args.force)
     if args.json:
         print(json.dumps({k: metrics[k] for k in ("nmi", "silhouette", "lomo")}, indent=1))
         return 0
@@ -94,6 +97,32 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
             cells = [nmi, metrics["silhouette"][space].get(factor), lomo.get("accuracy"), lomo.get("chance")]
             a, b, c, d = (f"{v:.3f}" if v is not None else "-" for v in cells)
             print(f"  {factor:20} {a:>6} {b:>8} {c:>8} ({d})")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from fingerprint_core import check
+
+    found = check.repair(args.workspace, device=args.device, progress=TqdmProgress(args.quiet)) if args.repair \
+        else check.check(args.workspace)
+    if found.ok:
+        print(f"workspace {found.workspace}: {found.checked} entries and tables verified, nothing damaged")
+        return 0
+    print(f"workspace {found.workspace}: {len(found.damages)} damaged part(s)")
+    for d in found.damages:
+        print(f"  {d.what}: {d.reason}\n    recompute: {d.fix}")
+    if not args.repair:
+        print(f"run `manifpt check {found.workspace} --repair` to repair what can be repaired")
+        return 1
+    for line in found.repaired:
+        print(f"repaired: {line}")
+    after = check.check(args.workspace)
+    if not after.ok:
+        print("still to do: " + "; ".join(dict.fromkeys(d.fix for d in after.damages)))
+        return 1
+    todo = check.still_missing(args.workspace) + check.not_rebuilt(found)
+    for command in dict.fromkeys(todo):
+        print(f"still to do: {command}")
     return 0
 
 
@@ -114,7 +143,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"spaces      {', '.join(ws.space_names())}\n")
     table = ws.summary()
     cols = ["model", "family", "samples", "skipped files", *[c for c in table.columns if c.startswith("mean d²")]]
-    left = {c: (lambda v, w=int(table[c].str.len().max()): f"{v:<{w}}") for c in ("model", "family")} if len(table) else {}
+    left = {c: f"{{:<{int(table[c].str.len().max())}}}".format for c in ("model", "family")} if len(table) else {}
     print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}", formatters=left))
     print("\n(mean d²: mean squared L2 distance to the nearest real image, per space)")
     bad = ws.bad_files()
@@ -202,7 +231,7 @@ def _add_zoo_commands(sub) -> None:
 class _TrainingProgress(TqdmProgress):
     """Step bars (redrawn once a minute when stderr is a log file) and one line per epoch, even with --quiet."""
 
-    def task(self, desc: str, total: int) -> "_TrainingProgress":
+    def task(self, desc: str, total: int) -> _TrainingProgress:
         from tqdm import tqdm
 
         child = _TrainingProgress(self.quiet)
@@ -298,12 +327,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     kinds = [k.strip().lower() for k in args.spaces.split(",") if k.strip()] if args.spaces else None
 
     def on_epoch(kind: str, row: dict) -> None:
+        if args.job is not None:
+            args.job.set(f"{kind} attributor: epoch {row['epoch']} of at most {row['epochs']} · validation accuracy "
+                         f"(model) {row['val_acc']['model']:.3f}", row["epoch"], row["epochs"])
         if not args.quiet:
             print(f"{kind} epoch {row['epoch']}/{row['epochs']}: loss {row['train_loss']:.3f}, validation accuracy "
                   f"(model) {row['val_acc']['model']:.3f}, best epoch {row['best_epoch']}, {row['seconds']:.1f} s",
                   file=sys.stderr, flush=True)
 
-    log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+        if args.job is not None:
+            args.job.log(message)
+            args.job.set(message, 0, 0)  # until the next epoch says more
+
     try:
         table = train.train(args.workspace, kinds=kinds, epochs=args.epochs, seed=args.seed, device=args.device,
                             force=args.force, on_epoch=on_epoch, log=log)
@@ -333,7 +371,8 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     attributor = predict.attributor_for(args.workspace, device=args.device)
     for w in attributor.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    report = attributor.attribute(uploads.read_paths(args.paths), top=args.top)
+    limits = uploads.Limits() if args.max_decoded_mb is None else uploads.Limits(max_decoded_bytes=int(args.max_decoded_mb * 2**20))
+    report = attributor.attribute(uploads.read_paths(args.paths, limits=limits), top=args.top)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -351,7 +390,7 @@ def _print_attribution(report, kind: str) -> None:
                          *[f"{r.design[h]['value']} ({r.design[h]['p']:.2f})" for h in heads], f"{r.open_set_score:.3g}"])
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         for row in rows:
-            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         print(f"\n({kind} attributor; verdict 'unknown': the open-set score is above the threshold that "
               "accepts 95% of known validation samples)")
     for r in report.results:
@@ -377,6 +416,7 @@ def _add_attribution_commands(sub) -> None:
     t.add_argument("--export", type=Path, default=None,
                    help="then copy the trained attributors to this folder, to ship with the dataset "
                         "(the demo's: assets/demo/attribution, installed by `manifpt demo`)")
+    _add_progress_file(t)
     t.set_defaults(run=_cmd_train)
     a = sub.add_parser("attribute", help="which model made these images (files, folders, zip archives)?")
     a.add_argument("workspace", type=Path)
@@ -384,13 +424,16 @@ def _add_attribution_commands(sub) -> None:
     a.add_argument("--json", action="store_true", help="print JSON: {results: [...], errors: [...]}")
     a.add_argument("--top", type=int, default=3, help="most probable models listed per image (default 3)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    a.add_argument("--max-decoded-mb", type=float, default=None,
+                   help="budget on the decoded pixels of all images together, in MiB (default: $MANIFPT_MAX_DECODED_MB "
+                        "or 256, enough for 50 images of 1024 x 1024 x 3); images past it are refused by name")
     a.set_defaults(run=_cmd_attribute)
 
 
 class _PartProgress(TqdmProgress):
     """The benchmark's bar, counted in parts (method x protocol x seed, or fold)."""
 
-    def task(self, desc: str, total: int) -> "_PartProgress":
+    def task(self, desc: str, total: int) -> _PartProgress:
         from tqdm import tqdm
 
         child = _PartProgress(self.quiet)
@@ -456,6 +499,35 @@ def _add_bench_command(sub) -> None:
     b.set_defaults(run=_cmd_bench)
 
 
+def _add_progress_file(p: argparse.ArgumentParser) -> None:
+    """`--progress-file PATH`: the run as a job the app follows (fingerprint_core.jobs)."""
+    p.add_argument("--progress-file", type=Path, default=None, metavar="PATH",
+                   help="also write progress and, at the end, the exit status and any error to this JSON file "
+                        "(atomically, a few times a second): how the app follows a job it started")
+
+
+def _job_of(args: argparse.Namespace):
+    """The job's progress sink when the run has --progress-file, else None (SIGTERM then ends it as a recorded
+    failure)."""
+    args.job = None
+    if getattr(args, "progress_file", None) is not None:
+        import contextlib
+        import signal
+
+        from fingerprint_core.jobs import JobProgress
+
+        args.job = JobProgress(args.progress_file)
+        with contextlib.suppress(ValueError):  # only the main thread may set a handler
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    return args.job
+
+
+def _job_end(job, code: int, why: str | None) -> None:
+    """Record a job's end in its progress file (a run without --progress-file has no job)."""
+    if job is not None:
+        job.finish(code, why)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="manifpt", description="Fingerprints of generative image models (ManiFPT).")
     p.add_argument("--version", action="version", version=f"manifpt {__version__}")
@@ -483,7 +555,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="print the metrics as JSON: nmi, silhouette, lomo")
     a.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_progress_file(a)
     a.set_defaults(run=_cmd_analyze)
+
+    c = sub.add_parser("check", help="verify every entry of a workspace; say what is damaged and how to recompute it")
+    c.add_argument("workspace", type=Path)
+    c.add_argument("--repair", action="store_true",
+                   help="set a damaged manifest aside, drop damaged entries, recompute the fingerprints "
+                        "from the recorded data; print the commands for the rest (train, analyze)")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    c.set_defaults(run=_cmd_check)
 
     i = sub.add_parser("info", help="describe a workspace")
     i.add_argument("workspace", type=Path)
@@ -507,14 +589,27 @@ def main(argv: list[str] | None = None) -> int:
     from fingerprint_core.workspace import WorkspaceError
 
     args = build_parser().parse_args(argv)
+    job = _job_of(args)
     try:
-        return args.run(args)
+        code = args.run(args)
+        _job_end(job, code, None)
+        return code
     except (DatasetError, WorkspaceError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
+        _job_end(job, 1, str(e))
         return 1
     except KeyboardInterrupt:
-        print("interrupted: finished fingerprints are kept in the workspace", file=sys.stderr)
+        print("interrupted: every finished entry is kept in the workspace; run the same command again to resume",
+              file=sys.stderr)
+        _job_end(job, 130, "interrupted (what it finished is kept in the workspace)")
         return 130
+    except SystemExit as e:  # SIGTERM in a job (see _job_of)
+        code = e.code if isinstance(e.code, int) else 1
+        _job_end(job, code, f"stopped by a signal (exit status {code}); what it finished is kept in the workspace")
+        raise
+    except BaseException as e:
+        _job_end(job, 1, f"{type(e).__name__}: {e} (an unexpected error: the traceback is in the job's log)")
+        raise
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from platformdirs import user_cache_path
 
 from fingerprint_core import decode
 
@@ -449,7 +450,7 @@ def _read_design(csv_path: Path) -> pd.DataFrame:
 def _vocabulary_warnings(design: pd.DataFrame) -> list[str]:
     lines = []
     for column, allowed in VOCABULARY.items():
-        for model, value in zip(design["model"], design[column]):
+        for model, value in zip(design["model"], design[column], strict=True):
             if value not in allowed:
                 hint = f"; did you mean '{value.lower()}'?" if value.lower() in allowed else ""
                 lines.append(
@@ -546,9 +547,8 @@ _FASHION_MNIST_MIRROR = "https://github.com/zalandoresearch/fashion-mnist/raw/ma
 
 
 def fashion_mnist_cache_dir() -> Path:
-    """The user-cache copy's folder: $XDG_CACHE_HOME (or ~/.cache)/manifpt/fashion-mnist."""
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "manifpt" / "fashion-mnist"
+    """The user-cache copy's folder: <user cache>/manifpt/fashion-mnist ($XDG_CACHE_HOME or ~/.cache on Linux)."""
+    return user_cache_path("manifpt", appauthor=False) / "fashion-mnist"
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:

@@ -43,6 +43,34 @@ class DecodeError(ValueError):
     """A file that cannot be used as an image; str(err) is the plain reason (no file name)."""
 
 
+class OverBudget(DecodeError):
+    """Decoding the image would exceed the caller's budget of decoded pixel bytes."""
+
+    def __init__(self, needed: int, left: int) -> None:
+        super().__init__(f"decoding it needs {_size_text(needed)}, more than the {_size_text(max(left, 0))} left")
+        self.needed, self.left = needed, left
+
+
+# What an extension promises, to say when a file holds another format (a JPEG saved as .png).
+_EXTENSION_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                      ".gif": "GIF", ".tif": "TIFF", ".tiff": "TIFF"}
+_GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+JPEG_NOTE = ("JPEG-compressed: compression erases much of the traces a generator leaves, so this answer "
+             "is less reliable than for a PNG (see the README's robustness results)")
+
+
+def format_notes(actual: str | None, name: str | None) -> list[str]:
+    """What a user should know about the file's real format: JPEG compression, a format its name hides."""
+    notes = []
+    ext = os.path.splitext(name or "")[1].lower()
+    promised = _EXTENSION_FORMATS.get(ext)
+    if actual and promised and actual != promised and not (actual == "MPO" and promised == "JPEG"):
+        notes.append(f"the file holds {actual} data under a {ext} name")
+    if actual in ("JPEG", "MPO"):
+        notes.append(JPEG_NOTE)
+    return notes
+
+
 @dataclass(frozen=True)
 class Decoded:
     """A decoded image and the conversions a user should know about."""
@@ -179,7 +207,7 @@ def _to_array(im: Image.Image, notes: list[str]) -> np.ndarray:
     return np.asarray(rgb)
 
 
-def _decode(fp: IO[bytes], max_pixels: int) -> Decoded:
+def _decode(fp: IO[bytes], max_pixels: int, max_decoded_bytes: int | None = None, name: str | None = None) -> Decoded:
     head = fp.read(16)
     fp.seek(0)
     fmt = _sniff_format(head)
@@ -210,6 +238,11 @@ def _decode(fp: IO[bytes], max_pixels: int) -> Decoded:
             width, height = im.size
             if width * height > max_pixels:
                 raise _too_many_pixels(width, height, max_pixels)
+            needed = width * height * (1 if im.mode in _GRAY_MODES else 3)  # the uint8 array it becomes
+            if max_decoded_bytes is not None and needed > max_decoded_bytes:
+                raise OverBudget(needed, max_decoded_bytes)  # checked from the header, before decoding
+            if name is not None:  # uploads for attribution: a JPEG changes how far the answer holds
+                notes += format_notes(im.format, name)
             try:
                 n_frames = getattr(im, "n_frames", 1)
                 if n_frames > 1:
@@ -241,15 +274,18 @@ def decode_image(
     *,
     max_pixels: int = MAX_PIXELS,
     max_bytes: int = MAX_FILE_BYTES,
+    max_decoded_bytes: int | None = None,
+    name: str | None = None,
 ) -> Decoded:
-    """Decode one image (file path or bytes) to uint8 (H, W, 1|3), or raise DecodeError."""
+    """Decode one image (file path or bytes) to uint8 (H, W, 1|3), or raise DecodeError. With name (an
+    upload's file name) the notes also say when it is JPEG data or not what its name says."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         if len(data) > max_bytes:
             raise DecodeError(
                 f"file is {_size_text(len(data))}, over the {_size_text(max_bytes)} limit"
             )
-        return _decode(io.BytesIO(data), max_pixels)
+        return _decode(io.BytesIO(data), max_pixels, max_decoded_bytes, name)
     try:
         n_bytes = os.stat(source).st_size
         if n_bytes > max_bytes:
@@ -257,6 +293,6 @@ def decode_image(
                 f"file is {_size_text(n_bytes)}, over the {_size_text(max_bytes)} limit"
             )
         with open(source, "rb") as fp:
-            return _decode(fp, max_pixels)
+            return _decode(fp, max_pixels, max_decoded_bytes, name)
     except OSError as err:
         raise DecodeError(f"cannot read the file ({err.strerror or err})") from None

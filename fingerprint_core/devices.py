@@ -21,7 +21,7 @@ def resolve(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_flags() -> frozenset[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -604,7 +604,7 @@ def read_labels(real_dir: Path, sources: list[str]) -> tuple[np.ndarray, list[st
     table = table[table["label"] != ""]
     classes = sorted(set(table["label"]))
     index = {c: i for i, c in enumerate(classes)}
-    by_file = dict(zip(table["file"], table["label"]))
+    by_file = dict(zip(table["file"], table["label"], strict=True))
     labels = np.array([index[by_file[s]] if s in by_file else -1 for s in sources], dtype=np.int64)
     warnings = []
     unused = len(set(by_file) - set(sources))
@@ -673,7 +673,7 @@ def train_dataset(data_root: str | os.PathLike, out: str | os.PathLike | None = 
             enc = encoder_config(kind, images[train_idx], num_classes=len(classes))
             result = train(images[train_idx], labels[train_idx], cfg, enc, device=device, checkpoint=out / "sl.ckpt",
                            max_steps=max_steps, progress=progress,
-                           evaluate=lambda m: {"heldout_acc": accuracy(m, images[held_idx], labels[held_idx])})
+                           evaluate=lambda m, held=held_idx: {"heldout_acc": accuracy(m, images[held], labels[held])})
             if _stopped(kind, result, progress):
                 done[kind] = None
                 continue

@@ -227,7 +227,7 @@ class Manifold:
                     q_i = rows[r_i]
                     found.append((q_i + q0, c_i + a, s[q_i, c_i].to(torch.float64)))
                 b.copy_(new_best)
-        qi, ri, sv = (torch.cat(t) for t in zip(*found))
+        qi, ri, sv = (torch.cat(t) for t in zip(*found, strict=True))
         keep = sv <= best[qi] + band(best, 0)[qi]  # only the final band survives
         return qi[keep].cpu().numpy(), ri[keep].cpu().numpy(), sv[keep].cpu().numpy()
 

@@ -2,8 +2,10 @@
 
 Incremental by construction: every entry is named by the hash of what made it (input content,
 split, space identity, algorithm version), so a re-run finds it and computes nothing, and a new
-model folder computes only that model. The manifest is committed after each model, so an
-interrupted run keeps everything it finished.
+model folder computes only that model. An entry counts as reused only when its files verify; an
+intact entry on disk that the manifest does not name (a run interrupted before its commit) is
+adopted by its name. The manifest is committed after each model; the run's last commit removes
+the entries it no longer names.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from fingerprint_core.workspace import REAL, Workspace, key_of
 
 ALGORITHM = "exact-l2-v1"  # bump when the numbers an entry holds would change
 DEFAULT_SPACES = ("rgb", "freq")
+COLLECTS = ("real-", "spaces", "models", "design-", "quality-")  # what a finished run's last commit may clean up
 
 
 class Progress:
     """A progress sink: the CLI plugs tqdm in, the app st.progress; the default says nothing."""
 
-    def task(self, desc: str, total: int) -> "Progress":
+    def task(self, desc: str, total: int) -> Progress:
         return self
 
     def update(self, n: int = 1) -> None:
@@ -49,6 +52,8 @@ class RealSet:
     sources: pd.DataFrame  # file, split
     key: str  # hash of the content and the split
     origin: str
+    bad_files: list[dict] = field(default_factory=list)  # skipped real files, kept with the stored set
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -100,13 +105,14 @@ def fingerprint(
     progress = progress or Progress()
     ds = datasets.open_dataset(data_root, require_real=real is None)
     if REAL in ds.model_names():
-        raise datasets.DatasetError(f"models/{REAL}: the name {REAL!r} is reserved for the held-out real images; rename the folder and its row")
+        raise datasets.DatasetError(f"models/{REAL}: the name {REAL!r} is reserved for the held-out real images; "
+                                    "rename the folder and its row")
     ws = Workspace.open_or_create(workspace)
     report = Report(ws.path, warnings=list(ds.warnings))
     space_objs = [spaces.get(s, device=device, batch_size=batch_size) for s in space_names]
-    with ws.writing():
+    with ws.writing():  # reloads the manifest under the lock: nothing another writer committed is lost
         if real is None:
-            real = _read_real(ds, holdout=holdout, seed=seed, progress=progress, report=report)
+            real = _read_real(ws, ds, holdout=holdout, seed=seed, progress=progress, report=report)
         shape = tuple(int(v) for v in real.reference.shape[1:])
         _store_real(ws, real, report)
         ws.manifest["config"] = {
@@ -130,34 +136,49 @@ def fingerprint(
         for name in [REAL, *models]:
             _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report)
             ws.commit()
+        ws.commit(collect=COLLECTS)
     return report
 
 
-def _read_real(ds: datasets.GMDataset, *, holdout: float, seed: int, progress: Progress, report: Report) -> RealSet:
+def _read_real(ws: Workspace, ds: datasets.GMDataset, *, holdout: float, seed: int, progress: Progress,
+               report: Report) -> RealSet:
     real_dir = ds.real_dir()
-    progress.log(f"reading real images from {real_dir}")
     content = datasets.content_hash(real_dir)
+    key = key_of(content, holdout, seed)
+    if ws.intact(f"real-{key}"):  # the same real set and split, stored before: no need to decode it again
+        rel = f"real-{key}"
+        meta = ws.entry_meta(rel)
+        report.bad_files += [datasets.BadFile(b["file"], b["reason"]) for b in meta.get("bad_files", [])]
+        report.warnings += meta.get("warnings", [])
+        return RealSet(ws._npy(rel, "reference.npy"), ws._npy(rel, "heldout.npy"),
+                       ws._parquet(f"{rel}/sources.parquet"), key, "folder")
+    progress.log(f"reading real images from {real_dir}")
     imgs = datasets.read_images(real_dir, root=ds.root)
     report.bad_files += imgs.bad_files
     report.warnings += imgs.warnings
     if len(imgs.images) < 2:
         raise datasets.DatasetError(f"{real_dir} holds {len(imgs.images)} usable images; at least 2 are needed")
-    return split_real(imgs.images, imgs.sources, holdout=holdout, seed=seed, content_key=content)
+    real = split_real(imgs.images, imgs.sources, holdout=holdout, seed=seed, content_key=content)
+    real.bad_files = [{"file": b.file, "reason": b.reason} for b in imgs.bad_files]
+    real.warnings = list(imgs.warnings)
+    return real
 
 
 def _store_real(ws: Workspace, real: RealSet, report: Report) -> None:
-    if ws.manifest.get("real", {}).get("key") == real.key:
+    current = ws.manifest.get("real") or {}
+    if current.get("key") == real.key and ws.intact(current.get("dir")):
         return
     rel = ws.write_entry(
         f"real-{real.key}",
         {"reference.npy": real.reference, "heldout.npy": real.heldout},
         {"sources.parquet": real.sources},
+        meta={"bad_files": real.bad_files, "warnings": real.warnings},
     )
-    # a new real set changes every nearest neighbour: drop what was computed against the old one
     ws.manifest["real"] = {"key": real.key, "dir": rel, "n_reference": len(real.reference), "n_heldout": len(real.heldout)}
-    ws.manifest["spaces"] = {}
-    for e in ws.manifest.get("models", {}).values():
-        e["spaces"] = {}
+    if current.get("key") != real.key:  # a new real set changes every nearest neighbour: drop the old ones
+        ws.manifest["spaces"] = {}
+        for e in ws.manifest.get("models", {}).values():
+            e["spaces"] = {}
 
 
 def _store_design(ws: Workspace, design: pd.DataFrame) -> None:
@@ -183,8 +204,8 @@ def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, pr
     if space.name == "rgb":
         return Manifold(ws.reference_images(), device=device)
     key = key_of(real.key, space.identity())
-    entry = ws.manifest["spaces"].get(space.name)
-    if not entry or entry.get("key") != key:
+    rel = f"spaces/{space.name}-{key}"
+    if not ws.intact(rel):  # else named by the manifest, or finished by a run that stopped before its commit
         bar = progress.task(f"embedding the reference set ({space.name})", len(real.reference))
         parts = []
         for a in range(0, len(real.reference), space.batch_size):
@@ -192,8 +213,8 @@ def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, pr
             bar.update(len(parts[-1]))
         bar.close()
         emb = np.concatenate(parts) if parts else np.zeros((0, space.dim(real.reference.shape[1:])), np.float32)
-        rel = ws.write_entry(f"spaces/{space.name}-{key}", {"reference.npy": emb})
-        ws.manifest["spaces"][space.name] = {"key": key, "dir": rel, "identity": space.identity()}
+        ws.write_entry(rel, {"reference.npy": emb})
+    ws.manifest["spaces"][space.name] = {"key": key, "dir": rel, "identity": space.identity()}
     return Manifold(ws.space_reference(space.name), device=device)
 
 
@@ -204,20 +225,28 @@ def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progres
     else:
         content = datasets.content_hash(ds.model_dir(name))
     images_key = key_of(content, shape)
-    if not entry or entry["images"].get("key") != images_key:
+    images_rel = f"models/{name}/images-{images_key}"
+    if (not entry or entry["images"].get("key") != images_key) and ws.intact(images_rel):
+        meta = ws.entry_meta(images_rel)  # finished by a run that stopped before its commit: adopt it
+        entry = {"images": {"key": images_key, "dir": images_rel, "n": int(ws._npy(images_rel, "images.npy").shape[0])},
+                 "bad_files": meta.get("bad_files", []), "warnings": meta.get("warnings", []), "spaces": {}}
+        ws.manifest["models"][name] = entry
+    if not entry or entry["images"].get("key") != images_key or not ws.intact(entry["images"]["dir"]):
         if name == REAL:
             imgs = datasets.ImageSet(real.heldout, list(real.sources.loc[real.sources["split"] == "heldout", "file"]), [], [])
         else:
             progress.log(f"reading {name}")
             imgs = datasets.read_images(ds.model_dir(name), shape=shape, root=ds.root)
+        bad = [{"file": b.file, "reason": b.reason} for b in imgs.bad_files]
         rel = ws.write_entry(
-            f"models/{name}/images-{images_key}",
+            images_rel,
             {"images.npy": imgs.images},
             {"sources.parquet": pd.DataFrame({"file": imgs.sources})},
+            meta={"bad_files": bad, "warnings": list(imgs.warnings)},
         )
         entry = {
             "images": {"key": images_key, "dir": rel, "n": len(imgs.images)},
-            "bad_files": [{"file": b.file, "reason": b.reason} for b in imgs.bad_files],
+            "bad_files": bad,
             "warnings": list(imgs.warnings),
             "spaces": {},
         }
@@ -227,8 +256,9 @@ def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progres
     images = ws.images(name)
     for space in space_objs:
         key = key_of(images_key, real.key, space.identity(), ALGORITHM)
-        done = entry["spaces"].get(space.name)
-        if done and done.get("key") == key:
+        rel = f"models/{name}/{space.name}-{key}"
+        if ws.intact(rel):  # verified; named by the manifest or left by an interrupted run
+            entry["spaces"][space.name] = {"key": key, "dir": rel}
             report.reused.append(f"{name}/{space.name}")
             continue
         bar = progress.task(f"{name} · {space.name}", len(images))
@@ -246,7 +276,7 @@ def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progres
             nearest, distance = np.zeros(0, np.int64), np.zeros(0, np.float32)
             arts = np.zeros((0, space.dim(shape)), np.float16)
         rel = ws.write_entry(
-            f"models/{name}/{space.name}-{key}",
+            rel,
             {"nearest.npy": nearest, "distance.npy": distance, "artifacts.npy": arts},
         )
         entry["spaces"][space.name] = {"key": key, "dir": rel}

@@ -16,32 +16,44 @@ Layout (schema 1; docs/workspace.md explains every key and choice)::
                                                   float16 keeps round(a * 255) exact)
 
 Every entry is a directory named by the hash of everything that made it, written under a
-temporary name and renamed into place; workspace.json is replaced atomically afterwards and is
-the only thing readers trust. A crash at any point leaves the previous manifest, and every file it
-names, intact. Directories no manifest names are removed on the next commit.
+temporary name, holding an inventory of its files (.manifpt-entry: sizes and SHA-256) written last,
+and renamed into place; workspace.json is replaced atomically afterwards and is the only thing
+readers trust. A crash at any point leaves the previous manifest, and every file it names, intact;
+an entry finished before the crash is found by its name and reused by the rerun. A finished run's
+last commit removes the entry folders it wrote that the manifest no longer names, and nothing else:
+never a file or folder without its inventory, never through a symbolic link.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
+import re
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import filelock
 import numpy as np
 import pandas as pd
+import platformdirs
+
+from fingerprint_core.fsio import TMP_PATTERN, atomic_write, fsync_dir, is_inside, sha256_file, tmp_name, write_durable
 
 SCHEMA_VERSION = 1
 MANIFEST = "workspace.json"
 REAL = "real"  # the held-out real images, treated as one more "model" everywhere downstream
+INVENTORY = ".manifpt-entry"  # inside every entry folder: its files, sizes and hashes (written last)
+MARK = ".manifpt-workspace"  # written first when a workspace is created: an unfinished first run is ours
+LOCK = ".lock"
+HASH_ON_REUSE = 1 << 20  # files up to this size are hashed before an entry counts as reused (cheap)
+TABLE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*-[0-9a-f]{12}\.parquet$")  # what write_table names
 
 
 class WorkspaceError(ValueError):
@@ -73,13 +85,8 @@ def _now() -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file under a temporary name, flush it to disk, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a file atomically and durably (fingerprint_core.fsio.atomic_write)."""
+    atomic_write(path, data)
 
 
 class Workspace:
@@ -91,38 +98,44 @@ class Workspace:
 
     # ---- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "Workspace":
-        """Open an existing workspace (WorkspaceError if there is none or it is unreadable)."""
+    def open(cls, path: str | os.PathLike) -> Workspace:
+        """Open an existing workspace (WorkspaceError naming the file and the reason if it is unusable)."""
         p = Path(path)
-        f = p / MANIFEST
-        if not f.is_file():
+        if not (p / MANIFEST).is_file():
+            if (p / MARK).is_file():
+                raise WorkspaceError(f"{p} holds a first run that stopped before its first save (no {MANIFEST} yet); "
+                                     "run the same `manifpt fingerprint` (or `manifpt demo`) again to resume it")
             raise WorkspaceError(f"{p} is not a workspace (no {MANIFEST}); create one with `manifpt fingerprint`")
-        try:
-            manifest = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise WorkspaceError(f"{f} cannot be read: {e}") from e
-        if manifest.get("schema_version") != SCHEMA_VERSION:
-            raise WorkspaceError(
-                f"{f} has schema version {manifest.get('schema_version')!r}; this version reads {SCHEMA_VERSION}"
-            )
-        return cls(p, manifest)
+        return cls(p, read_manifest(p))
 
     @classmethod
-    def open_or_create(cls, path: str | os.PathLike) -> "Workspace":
-        """Open the workspace at path, or start an empty one there (written on first commit)."""
+    def open_or_create(cls, path: str | os.PathLike) -> Workspace:
+        """Open the workspace at path, resume one whose first run was interrupted, or start an empty one there."""
         p = Path(path)
         if (p / MANIFEST).is_file():
             return cls.open(p)
         if p.exists() and not p.is_dir():
             raise WorkspaceError(f"{p} exists and is not a folder")
-        if p.is_dir() and any(p.iterdir()):
+        if p.is_dir() and any(p.iterdir()) and not (p / MARK).is_file():
             raise WorkspaceError(f"{p} is a non-empty folder without {MANIFEST}; choose an empty or new folder")
         p.mkdir(parents=True, exist_ok=True)
-        return cls(p, {"schema_version": SCHEMA_VERSION, "created": _now(), "models": {}, "spaces": {}})
+        if not (p / MARK).is_file():
+            atomic_write(p / MARK, json.dumps({"created": _now(), "schema_version": SCHEMA_VERSION}).encode())
+        return cls(p, _empty_manifest())
 
     # ---- reading ---------------------------------------------------------------------------
+    def file(self, rel: str, name: str = "") -> Path:
+        """The path of a file the manifest names (WorkspaceError if the name would leave the workspace)."""
+        if not _is_rel(rel):
+            raise WorkspaceError(f"{self.path / MANIFEST} names {rel!r}, which is outside the workspace; "
+                                 f"run `manifpt check {self.path} --repair`")
+        return self.path / rel / name if name else self.path / rel
+
     def _npy(self, rel: str, name: str) -> np.ndarray:
-        return np.load(self.path / rel / name, mmap_mode="r", allow_pickle=False)
+        return load_npy(self.file(rel, name), self.path)
+
+    def _parquet(self, rel: str) -> pd.DataFrame:
+        return load_parquet(self.file(rel), self.path)
 
     @property
     def config(self) -> dict:
@@ -138,7 +151,7 @@ class Workspace:
 
     def design(self) -> pd.DataFrame:
         f = self.manifest.get("design")
-        return pd.read_parquet(self.path / f) if f else pd.DataFrame(columns=["model"])
+        return self._parquet(f) if f else pd.DataFrame(columns=["model"])
 
     def reference_images(self) -> np.ndarray:
         return self._npy(self.manifest["real"]["dir"], "reference.npy")
@@ -148,7 +161,7 @@ class Workspace:
         return self._npy(self._model(model)["images"]["dir"], "images.npy")
 
     def sources(self, model: str) -> pd.DataFrame:
-        return pd.read_parquet(self.path / self._model(model)["images"]["dir"] / "sources.parquet")
+        return self._parquet(self._model(model)["images"]["dir"] + "/sources.parquet")
 
     def has(self, model: str, space: str) -> bool:
         return space in self.manifest.get("models", {}).get(model, {}).get("spaces", {})
@@ -172,7 +185,7 @@ class Workspace:
     def quality(self) -> pd.DataFrame:
         """Per-model quality figures shipped with the dataset (e.g. the zoo's FID, precision, recall)."""
         f = self.manifest.get("quality")
-        return pd.read_parquet(self.path / f) if f else pd.DataFrame(columns=["model"])
+        return self._parquet(f) if f else pd.DataFrame(columns=["model"])
 
     def n_images(self, model: str) -> int:
         return int(self._model(model)["images"]["n"])
@@ -215,6 +228,45 @@ class Workspace:
         except KeyError:
             raise KeyError(f"no {space} fingerprint for {model!r} in workspace {self.path}") from None
 
+    # ---- verifying -------------------------------------------------------------------------
+    def damage(self, rel: str, *, full: bool = False) -> str | None:
+        """Why the entry folder rel cannot be trusted (None when intact): files present, sizes, and the
+        SHA-256 of small files (of every file when full)."""
+        try:
+            folder = self.file(rel)
+        except WorkspaceError as e:
+            return str(e)
+        if not folder.is_dir():
+            return f"{folder} is missing"
+        inv = folder / INVENTORY
+        try:
+            files = json.loads(inv.read_text())["files"]
+        except FileNotFoundError:
+            return None if any(folder.iterdir()) else f"{folder} is empty"  # an entry of an older version: unverifiable
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{inv} cannot be read ({e})"
+        for name, want in files.items():
+            f = folder / name
+            if not f.is_file():
+                return f"{f} is missing"
+            size = f.stat().st_size
+            if size != want["size"]:
+                return f"{f} has {size} bytes, {want['size']} were written"
+            if (full or size <= HASH_ON_REUSE) and sha256_file(f) != want["sha256"]:
+                return f"{f} has changed since it was written (SHA-256 differs)"
+        return None
+
+    def intact(self, rel: str | None) -> bool:
+        """Whether rel names an entry folder that is there and verifies (see damage)."""
+        return bool(rel) and self.damage(rel) is None
+
+    def entry_meta(self, rel: str) -> dict:
+        """The metadata an entry was written with (write_entry's meta), {} if none."""
+        try:
+            return json.loads((self.file(rel) / INVENTORY).read_text()).get("meta", {})
+        except (OSError, ValueError):
+            return {}
+
     # ---- writing ---------------------------------------------------------------------------
     def write_entry(
         self,
@@ -222,113 +274,280 @@ class Workspace:
         arrays: dict[str, np.ndarray],
         tables: dict[str, pd.DataFrame] | None = None,
         files: dict[str, bytes] | None = None,
+        meta: dict | None = None,
     ) -> str:
-        """Write arrays (.npy), tables (.parquet) and files as the directory rel, atomically; returns rel."""
-        final = self.path / rel
-        if final.is_dir():  # same key: the same content is already complete
-            return rel
+        """Write arrays (.npy), tables (.parquet) and files as the entry folder rel, atomically, with its
+        inventory; returns rel. An intact entry of the same name (the same key) is kept as it is."""
+        final = self.file(rel)
+        if final.is_dir():
+            if self.damage(rel) is None:
+                return rel
+            self._discard(final)  # a damaged entry of ours: written anew below
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        tmp = tmp_name(final)
         tmp.mkdir()
         try:
+            inventory: dict[str, dict] = {}
+
+            def put(name: str, data) -> None:
+                size, digest = write_durable(tmp / name, data)
+                inventory[name] = {"size": size, "sha256": digest}
+
             for name, arr in arrays.items():
-                with open(tmp / name, "wb") as f:
-                    np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
-                    f.flush()
-                    os.fsync(f.fileno())
+                put(name, lambda w, a=arr: np.save(w, np.ascontiguousarray(a), allow_pickle=False))
             for name, df in (tables or {}).items():
-                df.to_parquet(tmp / name, index=False)
+                buf = io.BytesIO()
+                df.to_parquet(buf, index=False)
+                put(name, buf.getvalue())
             for name, data in (files or {}).items():
-                (tmp / name).write_bytes(data)
+                put(name, data)
+            write_durable(tmp / INVENTORY, json.dumps({"files": inventory, "written": _now(), "meta": meta or {}}).encode())
+            fsync_dir(tmp)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        fsync_dir(final.parent)
         return rel
 
     def write_table(self, name: str, df: pd.DataFrame) -> str:
         """Write a parquet table under a content-named file, atomically; returns its name."""
-        import io
-
         buf = io.BytesIO()
         df.to_parquet(buf, index=False)
         data = buf.getvalue()
         rel = f"{Path(name).stem}-{hashlib.sha256(data).hexdigest()[:12]}.parquet"
-        if not (self.path / rel).exists():
-            atomic_write_bytes(self.path / rel, data)
+        target = self.file(rel)
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write(target, data)
+        written = self.manifest.setdefault("tables_written", [])
+        if rel not in written:
+            written.append(rel)
         return rel
 
     @contextlib.contextmanager
-    def writing(self, *, wait_s: float = 0.0) -> Iterator[None]:
+    def writing(self, *, wait_s: float = 0.0, reload: bool = True) -> Iterator[None]:
         """Hold the workspace's writer lock (one writer at a time; readers never wait), waiting up to
-        wait_s seconds for another writer to finish."""
+        wait_s seconds for another writer to finish, and reload the manifest under it, so a writer
+        always commits on top of what the previous one committed."""
         self.path.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + wait_s
-        with open(self.path / ".lock", "w") as f:
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise WorkspaceError(f"workspace {self.path} is being written by another run "
-                                             "(fingerprint, train or analyze); try again when it has finished") from None
-                    time.sleep(0.5)
+        lock = filelock.FileLock(self.path / LOCK, timeout=wait_s)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise WorkspaceError(f"workspace {self.path} is being written by another run "
+                                 "(fingerprint, train or analyze); try again when it has finished") from None
+        try:
+            if reload and (self.path / MANIFEST).is_file():
+                self.manifest = read_manifest(self.path)
             yield
+        finally:
+            lock.release()
 
     def busy(self) -> bool:
         """Whether another run holds the writer lock right now."""
+        lock = filelock.FileLock(self.path / LOCK, timeout=0)
         try:
-            with self.writing():
-                return False
-        except WorkspaceError:
+            lock.acquire()
+        except filelock.Timeout:
             return True
+        lock.release()
+        return False
 
-    def commit(self) -> None:
-        """Make the manifest the workspace's state (atomic), then drop what it no longer names."""
+    def commit(self, *, collect: tuple[str, ...] = ()) -> None:
+        """Make the manifest the workspace's state (atomic and durable). A finished run's last commit
+        names in collect the top-level names it manages (e.g. "models", "analysis-"): the entry folders
+        and tables there that this workspace wrote and the manifest no longer names are removed. Each
+        writer collects only its own kind, so one never removes what another made."""
         self.manifest["updated"] = _now()
         self.manifest["versions"] = versions()
         self.manifest["schema_version"] = SCHEMA_VERSION
-        atomic_write_bytes(self.path / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=False).encode())
-        self._collect_garbage()
+        dropped: set[str] = set()
+        if collect:
+            named = self._named()
+            written = self.manifest.get("tables_written", [])
+            dropped = {t for t in written if t not in named and t.startswith(collect)}
+            self.manifest["tables_written"] = [t for t in written if t not in dropped]
+        atomic_write(self.path / MANIFEST, json.dumps(self.manifest, indent=2, sort_keys=False).encode())
+        if collect:
+            self._collect_garbage(collect, dropped)
 
     def _named(self) -> set[str]:
-        m = self.manifest
-        named = {MANIFEST, ".lock"}
-        for table in ("design", "quality"):
-            if m.get(table):
-                named.add(m[table])
-        if m.get("real"):
-            named.add(m["real"]["dir"])
-        if m.get("analysis"):
-            named.add(m["analysis"]["dir"])
-        if m.get("attribution"):  # written by fingerprint_core.attribution.train
-            if m["attribution"].get("split"):
-                named.add(m["attribution"]["split"])
-            named |= {a["dir"] for a in m["attribution"].get("attributors", {}).values()}
-        named |= {s["dir"] for s in m.get("spaces", {}).values()}
-        for e in m.get("models", {}).values():
-            named.add(e["images"]["dir"])
-            named |= {s["dir"] for s in e.get("spaces", {}).values()}
-        return named
+        return set(named_paths(self.manifest)) | {MANIFEST, LOCK, MARK}
 
-    def _collect_garbage(self) -> None:
+    def _discard(self, folder: Path) -> None:
+        """Remove one of our own entry folders (it has an inventory or is our temporary), never through a link."""
+        if not folder.is_dir() or not is_inside(folder, self.path):
+            return
+        if (folder / INVENTORY).is_file() or TMP_PATTERN.match(folder.name):
+            shutil.rmtree(folder)
+        else:  # not demonstrably ours: set it aside, never delete it
+            os.rename(folder, folder.with_name(f"{folder.name}.damaged-{uuid.uuid4().hex[:6]}"))
+
+    def _collect_garbage(self, areas: tuple[str, ...], dropped_tables: set[str]) -> None:
         named = self._named()
-        ancestors = {str(q) for n in named for q in Path(n).parents if str(q) != "."}
+        ancestors = {q.as_posix() for n in named for q in Path(n).parents if q.as_posix() != "."}
 
-        def sweep(folder: Path) -> None:
+        def sweep(folder: Path) -> bool:
+            """Remove what is ours and unnamed in folder; returns whether anything was removed."""
+            removed = False
             for p in folder.iterdir():
                 rel = p.relative_to(self.path).as_posix()
-                if rel in named:
+                if rel in named or p.is_symlink():  # never follow a link, never remove one
                     continue
-                if rel in ancestors and p.is_dir():
-                    sweep(p)
-                elif p.is_dir():  # an old entry or an interrupted write: nothing names it
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
+                if folder == self.path and not rel.startswith(areas) and not TMP_PATTERN.match(p.name):
+                    continue  # another writer's kind of entry
+                if p.is_dir():
+                    if (p / INVENTORY).is_file() or TMP_PATTERN.match(p.name):
+                        shutil.rmtree(p)  # an entry we wrote that nothing names, or an interrupted write
+                        removed = True
+                    elif sweep(p) and rel not in ancestors and not any(p.iterdir()):
+                        p.rmdir()  # a folder that held only our entries (a removed model's)
+                        removed = True
+                elif TMP_PATTERN.match(p.name) or (rel in dropped_tables and TABLE_PATTERN.match(p.name)):
+                    p.unlink(missing_ok=True)  # an interrupted atomic write, or a table nothing names any more
+                    removed = True
+            return removed
 
         sweep(self.path)
+
+
+def _empty_manifest() -> dict:
+    return {"schema_version": SCHEMA_VERSION, "created": _now(), "models": {}, "spaces": {}}
+
+
+def named_paths(manifest: dict) -> dict[str, str]:
+    """Every file and entry folder a (validated) manifest names, each with what it is ("models/x: rgb artifacts")."""
+    m = manifest
+    named: dict[str, str] = {}
+    for table in ("design", "quality"):
+        if m.get(table):
+            named[m[table]] = f"the {table} table"
+    if m.get("real"):
+        named[m["real"]["dir"]] = "the real set"
+    if m.get("analysis"):
+        named[m["analysis"]["dir"]] = "the analysis"
+    att = m.get("attribution") or {}
+    if att.get("split"):
+        named[att["split"]] = "the attribution split"
+    for kind, a in att.get("attributors", {}).items():
+        named[a["dir"]] = f"the {kind} attributor"
+    for space, s in m.get("spaces", {}).items():
+        named[s["dir"]] = f"the {space} reference embeddings"
+    for model, e in m.get("models", {}).items():
+        named[e["images"]["dir"]] = f"the images of {model}"
+        for space, s in e.get("spaces", {}).items():
+            named[s["dir"]] = f"the {space} fingerprint of {model}"
+    return named
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The validated manifest of the workspace at path (WorkspaceError naming the file and the reason)."""
+    f = Path(path) / MANIFEST
+    try:
+        manifest = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WorkspaceError(f"{f} cannot be read ({e}); run `manifpt check {Path(path)} --repair`") from e
+    problem = manifest_problem(manifest)
+    if problem:
+        raise WorkspaceError(f"{f} is damaged: {problem}; run `manifpt check {Path(path)} --repair`")
+    return manifest
+
+
+def _is_rel(v) -> bool:
+    """A relative path that stays inside the workspace (what every manifest name must be)."""
+    return isinstance(v, str) and v != "" and not Path(v).is_absolute() and ".." not in Path(v).parts
+
+
+def _dir_entry(v, what: str) -> str | None:
+    if not isinstance(v, dict):
+        return f"{what} is {type(v).__name__}, not an object"
+    if not _is_rel(v.get("dir")):
+        return f"{what} has no valid 'dir' (a relative path inside the workspace)"
+    return None
+
+
+def manifest_problem(m) -> str | None:
+    """What is wrong with a manifest's structure, or None (only what readers rely on is checked)."""
+    if not isinstance(m, dict):
+        return f"it holds {type(m).__name__ if m is not None else 'null'}, not a JSON object"
+    if m.get("schema_version") != SCHEMA_VERSION:
+        return f"schema version {m.get('schema_version')!r}; this version reads {SCHEMA_VERSION}"
+    config = m.get("config")
+    if not isinstance(config, dict):
+        return "no 'config' object (data root, spaces, image shape)"
+    if not isinstance(config.get("spaces"), list) or not all(isinstance(s, str) for s in config["spaces"]):
+        return "config.spaces is not a list of space names"
+    shape = config.get("image_shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and v > 0 for v in shape)):
+        return "config.image_shape is not [channels, height, width]"
+    for key in ("models", "spaces"):
+        if not isinstance(m.get(key), dict):
+            return f"'{key}' is {type(m.get(key)).__name__}, not an object"
+    if m.get("real") is not None:
+        if problem := _dir_entry(m["real"], "'real'"):
+            return problem
+    elif m["models"] or m["spaces"]:
+        return "no 'real' entry, yet it names fingerprints"
+    for table in ("design", "quality"):
+        if m.get(table) is not None and not _is_rel(m[table]):
+            return f"'{table}' is not a file name inside the workspace"
+    for space, s in m["spaces"].items():
+        if problem := _dir_entry(s, f"spaces.{space}"):
+            return problem
+    for model, e in m["models"].items():
+        if not isinstance(e, dict):
+            return f"models.{model} is {type(e).__name__}, not an object"
+        if problem := _dir_entry(e.get("images"), f"models.{model}.images"):
+            return problem
+        if not isinstance(e["images"].get("n"), int):
+            return f"models.{model}.images.n is not a count"
+        if not isinstance(e.get("spaces", {}), dict):
+            return f"models.{model}.spaces is not an object"
+        for space, s in e.get("spaces", {}).items():
+            if problem := _dir_entry(s, f"models.{model}.spaces.{space}"):
+                return problem
+        if not isinstance(e.get("bad_files", []), list) or not isinstance(e.get("warnings", []), list):
+            return f"models.{model}: bad_files and warnings must be lists"
+    if m.get("analysis") is not None and (problem := _dir_entry(m["analysis"], "'analysis'")):
+        return problem
+    att = m.get("attribution")
+    if att is not None:
+        if not isinstance(att, dict) or not isinstance(att.get("attributors", {}), dict):
+            return "'attribution' is not an object with 'attributors'"
+        if att.get("split") is not None and not _is_rel(att["split"]):
+            return "attribution.split is not a file name inside the workspace"
+        for kind, a in att.get("attributors", {}).items():
+            if problem := _dir_entry(a, f"attribution.attributors.{kind}"):
+                return problem
+    return None
+
+
+def _repair_hint(root: Path | None) -> str:
+    return f"; run `manifpt check {root} --repair`" if root is not None else ""
+
+
+def load_npy(f: Path, root: Path | None = None) -> np.ndarray:
+    """A plain .npy array, memory-mapped (WorkspaceError naming the file and the reason)."""
+    try:
+        return np.load(f, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise WorkspaceError(f"{f} is missing{_repair_hint(root)}") from None
+    except ValueError as e:
+        why = "it holds Python objects, not a plain array (refused: nothing is unpickled)" if "allow_pickle" in str(e) \
+            else f"it is truncated or not a .npy array ({e})"
+        raise WorkspaceError(f"{f} cannot be read: {why}{_repair_hint(root)}") from None
+    except (OSError, EOFError) as e:
+        raise WorkspaceError(f"{f} cannot be read ({e}){_repair_hint(root)}") from None
+
+
+def load_parquet(f: Path, root: Path | None = None) -> pd.DataFrame:
+    """A parquet table (WorkspaceError naming the file and the reason)."""
+    if not f.is_file():
+        raise WorkspaceError(f"{f} is missing{_repair_hint(root)}")
+    try:
+        return pd.read_parquet(f)
+    except Exception as e:  # pyarrow raises its own types for damaged files
+        raise WorkspaceError(f"{f} is not a readable parquet table ({type(e).__name__}: {e}){_repair_hint(root)}") from None
 
 
 def default_root() -> Path:
@@ -336,8 +555,7 @@ def default_root() -> Path:
     env = os.environ.get("MANIFPT_WORKSPACE")
     if env:
         return Path(env).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "manifpt" / "workspaces"
+    return platformdirs.user_cache_path("manifpt", appauthor=False) / "workspaces"
 
 
 def discover(root: str | os.PathLike) -> list[Path]:

@@ -56,7 +56,7 @@ def make_gm_dataset(folder: Path, *, channels: int = 1, size: int = 16, n_real: 
             Image.fromarray(img[..., 0] if channels == 1 else img).save(target / f"{i:03d}.png")
     if bad_file:
         (folder / "models" / next(iter(TOY_MODELS)) / BAD_FILE).write_text("not an image")
-    rows = [dict(zip(("model", "family", "upsampling", "loss", "normalization"), (m, *d)))
+    rows = [dict(zip(("model", "family", "upsampling", "loss", "normalization"), (m, *d), strict=True))
             for m, d in TOY_MODELS.items()]
     pd.DataFrame(rows).to_csv(folder / "models.csv", index=False)
     return folder

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,8 @@ import pandas as pd
 import pytest
 
 from analysis_util import NAME, analysed_root
-from app_util import charts, decode, open_page
 from app import figures_analysis as fa
+from app_util import charts, decode, open_page
 
 PAGES = ("page_map.py", "page_spectra.py", "page_design.py")
 MODELS = ["toy_gan", "toy_vae", "toy_gan_b", "toy_vae_b"]
@@ -67,20 +66,35 @@ def test_stale_analysis_is_reported_as_out_of_date(monkeypatch, analysed_ws, tmp
 
 
 @pytest.mark.slow
-def test_run_button_analyses_the_workspace_then_shows_the_map(monkeypatch, gray_workspace_root, analysed_ws, tmp_path):
+def test_run_button_starts_a_background_analysis_the_page_follows_to_the_map(monkeypatch, gray_workspace_root,
+                                                                            tmp_path):
+    from fingerprint_core import jobs
     from fingerprint_core.analysis import run
     from fingerprint_core.workspace import Workspace
 
-    monkeypatch.setattr(run, "Settings", partial(run.Settings, kmeans_restarts=1, bootstrap=5))  # quick
-    shutil.copytree(gray_workspace_root / "gm-gray", tmp_path / "gm-gray")
-    at = open_page(monkeypatch, tmp_path / "gm-gray", "page_map.py")
+    ws = shutil.copytree(gray_workspace_root / "gm-gray", tmp_path / "gm-gray")
+    at = open_page(monkeypatch, ws, "page_map.py")
 
     at.button(key="run_analysis").click().run()
 
     assert not at.exception, [e.value for e in at.exception]
-    assert run.Analysis.state(Workspace.open(tmp_path / "gm-gray")) == "current"
-    assert not at.info or "no analysis" not in at.info[0].value
+    (status,) = at.get("status")
+    assert status.label == "The analysis runs in the background…"
+    assert at.get("progress")
+    assert at.button(key="run_analysis").disabled  # no second start while it runs
+    assert at.code[-1].value.startswith("$ ") and "fingerprint_core.cli analyze" in at.code[-1].value  # its log
+    at.switch_page("page_models.py").run()  # a page switch neither stops nor blocks it
+    assert jobs.status(ws, "analyze").running
+
+    done = jobs.wait(ws, "analyze", timeout=300)
+    at.switch_page("page_map.py").run()
+
+    assert done.state == "finished", done.error
+    assert not at.exception, [e.value for e in at.exception]
+    assert run.Analysis.state(Workspace.open(ws)) == "current"
+    assert not at.get("status") and (not at.info or "no analysis" not in at.info[0].value)
     assert len(charts(at)) == 1 and at.title[0].value == "Fingerprint map"
+    assert at.success[0].value.startswith("The analysis finished in ")
 
 
 # ---- Fingerprint map ---------------------------------------------------------------------------------
@@ -121,7 +135,7 @@ def test_map_recolours_by_a_design_column_and_switches_space_and_view(monkeypatc
     restyle, relayout, traces = menu_colouring(fig, "upsampling")  # applied in the browser, no rerun
     assert traces == list(range(len(fig["data"])))
     by_name = {}
-    for name, color in zip(restyle["name"], restyle["marker.color"]):
+    for name, color in zip(restyle["name"], restyle["marker.color"], strict=True):
         by_name.setdefault(name, set()).add(color)
     assert set(by_name) == {"real", "transposed_conv", "bilinear_conv"}
     assert all(len(c) == 1 for c in by_name.values())  # one colour per level
@@ -154,13 +168,14 @@ def test_a_selection_opens_the_grid_without_redrawing_the_map(monkeypatch, analy
 
     assert at.subheader[0].value == "Selection: 6 samples from 3 models"
     counts = at.dataframe[0].value
-    assert dict(zip(counts["model"], counts["samples"])) == {"toy_gan": 3, "real": 2, "toy_vae": 1}
+    assert dict(zip(counts["model"], counts["samples"], strict=True)) == {"toy_gan": 3, "real": 2, "toy_vae": 1}
     assert at.download_button(key="map_csv").label == "Download CSV"
     map_fig, grid = charts(at)
     kinds = [t["type"] for t in grid["data"]]
     assert kinds.count("image") == 2 * 6 and kinds.count("heatmap") == 2 * 6  # 6 rows: sample, x*, RGB, FREQ
     details = at.dataframe[1].value
-    assert sorted(zip(details["model"], details["sample"])) == sorted(zip(frame["model"][rows], frame["index"][rows]))
+    assert sorted(zip(details["model"], details["sample"], strict=True)) == sorted(
+        zip(frame["model"][rows], frame["index"][rows], strict=True))
     # the same figure as without a selection: the browser keeps its chart (and the colouring chosen there)
     assert map_fig == unselected
 
@@ -299,7 +314,7 @@ def test_map_figure_carries_row_ids_and_one_colour_per_level():
     assert np.array_equal(traces["m2"].customdata[:, 0], np.arange(50, 100))
     (menu,) = fig.layout.updatemenus
     assert menu.buttons[menu.active].label == "Colour by: upsampling"
-    by_model = dict(zip(["real", "m1", "m2", "m3"], menu.buttons[0].args[0]["marker.color"]))
+    by_model = dict(zip(["real", "m1", "m2", "m3"], menu.buttons[0].args[0]["marker.color"], strict=True))
     assert len(set(by_model.values())) == 4 and by_model["real"] == fa.REAL_COLOR  # "model": one colour each
 
 

@@ -10,7 +10,6 @@ import shutil
 import struct
 import zipfile
 import zlib
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -141,18 +140,50 @@ def test_attribute_without_an_attributor_says_how_to_train_one(monkeypatch, gray
 
 
 @pytest.mark.slow
-def test_train_button_trains_then_offers_the_uploader(monkeypatch, gray_workspace_root, tmp_path, one_thread):
-    from fingerprint_core.attribution import train
+def test_train_button_starts_a_background_job_then_the_page_offers_the_uploader(monkeypatch, gray_workspace_root,
+                                                                               tmp_path):
+    from app import jobs_view
+    from fingerprint_core import jobs
 
-    monkeypatch.setattr(train, "train", partial(train.train, kinds=["rgb"], epochs=1, device="cpu"))  # quick
-    shutil.copytree(gray_workspace_root / "gm-gray", tmp_path / "gm-gray")
+    monkeypatch.setitem(jobs_view.JOB_ARGS, "train", ("--spaces", "rgb", "--epochs", "1", "--device", "cpu"))  # quick
+    ws = shutil.copytree(gray_workspace_root / "gm-gray", tmp_path / "gm-gray")
     at = open_page(monkeypatch, tmp_path, "page_attribute.py")
 
     at.button(key="attr_train").click().run()
 
     assert not at.exception, [e.value for e in at.exception]
-    assert at.get("file_uploader") and not at.code
+    (status,) = at.get("status")
+    assert status.label == "Training the attributors runs in the background…" and at.get("progress")
+    assert at.button(key="attr_train").disabled and not at.get("file_uploader")
+    done = jobs.wait(ws, "train", timeout=300)
+    at.run()
+
+    assert done.state == "finished", done.error
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.get("file_uploader") and not at.code and not at.get("status")
     assert "**rgb** attributor of **gm-gray**" in at.caption[0].value
+    assert at.success[0].value.startswith("The attributors are trained in ")
+
+
+def test_a_failed_training_job_is_shown_with_its_reason_and_can_be_started_again(monkeypatch, gray_workspace_root,
+                                                                                tmp_path):
+    from app import jobs_view
+    from fingerprint_core import jobs
+
+    monkeypatch.setitem(jobs_view.JOB_ARGS, "train", ("--spaces", "sl"))  # the toy workspace has no SL artifacts
+    ws = shutil.copytree(gray_workspace_root / "gm-gray", tmp_path / "gm-gray")
+    at = open_page(monkeypatch, tmp_path, "page_attribute.py")
+    at.button(key="attr_train").click().run()
+    jobs.wait(ws, "train", timeout=120)
+
+    at.run()
+
+    assert not at.exception, [e.value for e in at.exception]
+    (error,) = at.error
+    assert error.value.startswith("Training the attributors started here on ")
+    assert "failed: workspace " in error.value and "cannot train sl" in error.value
+    assert not at.get("status") and not at.button(key="attr_train").disabled
+    assert "cannot train sl" in at.code[-1].value  # the log's last lines, in the expander
 
 
 # ---- Attribute: uploads ----------------------------------------------------------------------------------------
@@ -236,7 +267,8 @@ def test_many_images_are_shown_a_page_at_a_time_and_filtered_by_verdict(monkeypa
 
 @pytest.mark.slow
 def test_uploads_are_placed_on_the_fingerprint_map(monkeypatch, tmp_path_factory, tmp_path, one_thread):
-    from analysis_util import NAME as ANALYSED, analysed_root
+    from analysis_util import NAME as ANALYSED
+    from analysis_util import analysed_root
     from fingerprint_core.attribution import train
 
     ws = tmp_path / ANALYSED
@@ -443,7 +475,7 @@ def test_top_models_and_batch_figures():
 
     table = pd.DataFrame({"model": ["a", "a", "b"], "verdict": ["known", "unknown", "known"]})
     fig = fat.batch_figure(table).to_plotly_json()
-    by = {t["name"]: dict(zip(t["y"], t["x"])) for t in fig["data"]}
+    by = {t["name"]: dict(zip(t["y"], t["x"], strict=True)) for t in fig["data"]}
     assert by == {"known": {"b": 1, "a": 1}, "unknown": {"b": 0, "a": 1}}
     assert fat.verdict_counts(table) == {"known": 2, "unknown": 1, "real": 0}
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_attribution import toy_dataset, traced, trained_workspace
 
 from fingerprint_core.attribution import uploads
 from fingerprint_core.cli import main
+from test_attribution import toy_dataset, traced, trained_workspace
 
 RNG = np.random.default_rng(7)
 
@@ -102,6 +102,11 @@ NOTED = {  # file -> a note in its status (decoded, and attributed with a warnin
 }
 
 
+def rel(folder: Path, name: str) -> str:
+    """A reported file name relative to folder (not os.path.relpath: it would fold the ../)."""
+    return name.removeprefix(f"{folder}/")
+
+
 def run(capsys, *argv) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
@@ -129,12 +134,11 @@ def test_every_bad_input_is_named_with_its_reason_and_the_good_ones_are_attribut
     code, out, _ = run(capsys, "attribute", ws, inputs, "--json")
     assert code == 0
     doc = json.loads(out)
-    rel = lambda f: f.removeprefix(f"{inputs}/")  # noqa: E731  (not relpath: it would fold the ../)
-    errors = {rel(e["file"]): e["reason"] for e in doc["errors"]}
+    errors = {rel(inputs, e["file"]): e["reason"] for e in doc["errors"]}
     for name, reason in BAD.items():
         assert name in errors, f"{name} not reported: {errors}"
         assert errors[name].startswith(reason), (name, errors[name])
-    results = {rel(r["file"]): r for r in doc["results"]}
+    results = {rel(inputs, r["file"]): r for r in doc["results"]}
     assert set(results) == {"good.png", "escape.zip/inside.png", *NOTED}
     assert results["good.png"]["status"] == "ok"
     for name, note in NOTED.items():
@@ -181,10 +185,9 @@ def test_uploads_from_memory_match_paths(inputs):
     from_memory = uploads.read_uploads([(n, (inputs / n).read_bytes()) for n in names])
     from_disk = uploads.read_paths([inputs / n for n in names])
     assert [u.name for u in from_memory.images] == ["good.png", "escape.zip/inside.png", "alpha.png"]
-    rel = lambda f: f.removeprefix(f"{inputs}/")  # noqa: E731
-    assert [rel(u.name) for u in from_disk.images] == [u.name for u in from_memory.images]
-    assert all(np.array_equal(a.array, b.array) for a, b in zip(from_memory.images, from_disk.images))
-    assert [(rel(f), r) for f, r in from_disk.errors] == from_memory.errors
+    assert [rel(inputs, u.name) for u in from_disk.images] == [u.name for u in from_memory.images]
+    assert all(np.array_equal(a.array, b.array) for a, b in zip(from_memory.images, from_disk.images, strict=True))
+    assert [(rel(inputs, f), r) for f, r in from_disk.errors] == from_memory.errors
 
 
 def test_nested_archives_symlinks_and_absolute_names_in_a_zip_are_refused():

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from gmdata import add_model, blob_images
 
 from fingerprint_core.attribution import nets, openset, predict, train
 from fingerprint_core.attribution.manifpt import ManiFPT
 from fingerprint_core.attribution.method import Inputs
 from fingerprint_core.workspace import Workspace
+from gmdata import add_model, blob_images
 
 SIZE = 16
 DESIGN = {  # model -> (family, upsampling, loss, normalization)
@@ -163,6 +163,51 @@ def test_auroc_counts_ties_half_and_orders_unknown_above_known():
     assert openset.auroc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5
 
 
+# The hand-written versions that sklearn's calls replaced, kept to check that the numbers stay the same.
+def _ref_auroc(known, unknown):
+    both = np.concatenate([known, unknown])
+    order = np.argsort(both, kind="mergesort")
+    ranks, sorted_scores = np.empty(len(both)), both[order]
+    start = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    end = np.r_[start[1:], len(both)]
+    ranks[order] = np.repeat((start + end + 1) / 2.0, end - start)
+    return (ranks[len(known):].sum() - len(unknown) * (len(unknown) + 1) / 2) / (len(known) * len(unknown))
+
+
+def _ref_youden(known, unknown):
+    cands = np.unique(np.concatenate([known, unknown]))
+    fpr = 1 - np.searchsorted(np.sort(known), cands, side="right") / len(known)
+    tpr = 1 - np.searchsorted(np.sort(unknown), cands, side="right") / len(unknown)
+    return cands[np.argmax(tpr - fpr)]
+
+
+def _ref_ledoit_wolf(x):
+    n, p = x.shape
+    s = x.T @ x / n
+    mu = np.trace(s) / p
+    delta2 = np.sum((s - mu * np.eye(p)) ** 2) / p
+    beta2 = (np.sum(np.einsum("ij,ij->i", x, x) ** 2) - n * np.sum(s**2)) / (p * n**2)
+    shrink = 1.0 if delta2 <= 0 else float(np.clip(beta2 / delta2, 0.0, 1.0))
+    return shrink * mu * np.eye(p) + (1 - shrink) * s + openset.SHRINKAGE * max(mu, 1e-12) * np.eye(p)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sklearn_roc_and_ledoit_wolf_give_the_hand_written_numbers(seed):
+    rng = np.random.default_rng(seed)
+    n_known, n_unknown = rng.integers(1, 60, 2)
+    # rounded scores on half the seeds: many ties, inside and across the two groups
+    known, unknown = rng.normal(0, 1, n_known), rng.normal(rng.uniform(-1, 2), 1.5, n_unknown)
+    if seed % 2:
+        known, unknown = np.round(known, 1), np.round(unknown, 1)
+    assert openset.auroc(known, unknown) == pytest.approx(_ref_auroc(known, unknown), abs=1e-12)
+    assert openset.youden_threshold(known, unknown) == _ref_youden(known, unknown)
+    n, p = rng.integers(2, 40), rng.integers(1, 30)  # fewer rows than features on some seeds
+    x = rng.normal(0, rng.uniform(0.1, 3, p), (n, p))
+    x[:, rng.random(p) < 0.2] = 0.0  # dead features
+    x -= x.mean(0)
+    assert np.allclose(openset.shrunk_covariance(x), _ref_ledoit_wolf(x), rtol=1e-10, atol=1e-14)
+
+
 def test_the_threshold_accepts_95_percent_of_known_samples():
     known = np.arange(1000, dtype=float)
     t = openset.threshold_for(known, 0.95)
@@ -201,7 +246,7 @@ def test_training_a_toy_workspace_learns_and_is_stored(toy_ws):
     assert train.product_kind(ws) == model["val"].idxmax()
     entry = train.stored(ws)["rgb"]
     assert sorted(p.name for p in (toy_ws / entry["dir"]).iterdir()) == [
-        "config.json", "openset.json", "openset.safetensors", "test.parquet", "weights.safetensors"]
+        ".manifpt-entry", "config.json", "openset.json", "openset.safetensors", "test.parquet", "weights.safetensors"]
     split = pd.read_parquet(toy_ws / ws.manifest["attribution"]["split"])
     assert set(split["part"]) == {"train", "val", "test"} and len(split) == sum(ws.n_images(m) for m in ws.model_names(include_real=True))
     assert 0.85 <= entry["open_set"]["test_accepted"] <= 1.0
@@ -231,7 +276,10 @@ def test_a_planted_unknown_model_is_called_unknown(toy_ws):
     assert attributor.kind in ("rgb", "freq")
     unknown = attributor.attribute_array(traced("toy_columns", 40, rng).transpose(0, 3, 1, 2))
     known = attributor.attribute_array(traced("toy_checker", 40, rng).transpose(0, 3, 1, 2))
-    scores = lambda answers: np.array([a["open_set_score"] for a in answers])
+
+    def scores(answers):
+        return np.array([a["open_set_score"] for a in answers])
+
     assert openset.auroc(scores(known), scores(unknown)) > 0.9
     # the threshold accepts 95% of the (18) known validation samples, so it sits high: half of the
     # planted model is called unknown, and none of a known one

@@ -15,8 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from browser_util import (ARTIFACTS, choose_colouring, chromium_page, drag_box, legend_texts, open_page,
-                          screenshot_whole_app, served_app, show_page, wait_for_app_run)
+from browser_util import (
+    ARTIFACTS,
+    choose_colouring,
+    chromium_page,
+    drag_box,
+    legend_texts,
+    open_page,
+    screenshot_whole_app,
+    served_app,
+    show_page,
+    wait_for_app_run,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.demo]
 

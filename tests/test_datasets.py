@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_grayscale_folder_with_nested_files_npz_layouts_junk_and_bad_files(tmp_p
         "sub/nhw.npz[0]", "sub/nhw.npz[1]",
         "sub/nhwc.npz[0]", "sub/nhwc.npz[1]", "sub/nhwc.npz[2]",
     ]
-    by_source = dict(zip(out.sources, out.images[:, 0]))
+    by_source = dict(zip(out.sources, out.images[:, 0], strict=True))
     np.testing.assert_array_equal(by_source["a.png"], a)
     np.testing.assert_array_equal(by_source["sub/deeper/b.PNG"], b)
     np.testing.assert_array_equal(by_source["sub/nhw.npz[1]"], nhw[1])
@@ -407,6 +408,16 @@ def test_find_fashion_mnist_uses_the_user_cache(no_fashion_mnist):
     folder = no_fashion_mnist / "cache" / "manifpt" / "fashion-mnist"
     write_tiny_fashion_mnist(folder)
     assert datasets.find_fashion_mnist() == folder
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the XDG layout is Linux's")
+def test_the_user_cache_is_xdg_cache_home_else_dot_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datasets.fashion_mnist_cache_dir() == tmp_path / "xdg" / "manifpt" / "fashion-mnist"
+    for unset in (monkeypatch.delenv, lambda name: monkeypatch.setenv(name, "")):
+        unset("XDG_CACHE_HOME")
+        monkeypatch.setenv("HOME", str(tmp_path / "home"))
+        assert datasets.fashion_mnist_cache_dir() == tmp_path / "home" / ".cache" / "manifpt" / "fashion-mnist"
 
 
 def test_an_incomplete_fashion_mnist_dir_is_an_error(no_fashion_mnist, monkeypatch):

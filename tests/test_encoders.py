@@ -107,7 +107,7 @@ def test_macs_per_image_counts_every_conv_and_the_embed_layer():
         model = ConvEncoder(cfg).eval()
         counted = [0]
 
-        def hook(module, inputs, output):
+        def hook(module, inputs, output, counted=counted):
             if isinstance(module, nn.Conv2d):
                 counted[0] += output[0].numel() * module.in_channels * module.kernel_size[0] * module.kernel_size[1]
             elif isinstance(module, nn.Linear):
@@ -156,7 +156,7 @@ def test_augment_is_seeded_in_range_and_identity_by_default():
     assert float(a.min()) >= 0 and float(a.max()) <= 1
     assert torch.equal(et.Augment()(t, torch.Generator().manual_seed(0)), t.float() / 255)
     flipped = et.Augment(flip=True)(t, torch.Generator().manual_seed(0))
-    for view, img in zip(flipped, t.float() / 255):  # a flip (or not) of each image, nothing else
+    for view, img in zip(flipped, t.float() / 255, strict=True):  # a flip (or not) of each image, nothing else
         assert torch.allclose(view, img, atol=1e-6) or torch.allclose(view, img.flip(-1), atol=1e-6)
 
 

@@ -12,7 +12,6 @@ from fingerprint_core.workspace import REAL, Workspace
 from gmdata import TOY_MODELS, add_model, blob_images, make_gm_dataset
 from test_decode import png_with_size
 
-
 PIXEL = ("gan", "pixel_shuffle", "hinge", "spectral")
 
 
@@ -101,7 +100,7 @@ def test_changed_or_removed_models_are_updated(gray, tmp_path):
 
     shutil.rmtree(gray / "models" / "toy_gan")
     lines = (gray / "models.csv").read_text().splitlines()
-    (gray / "models.csv").write_text("\n".join(l for l in lines if not l.startswith("toy_gan")) + "\n")
+    (gray / "models.csv").write_text("\n".join(line for line in lines if not line.startswith("toy_gan")) + "\n")
     run(gray, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
     assert ws.model_names() == ["toy_vae"]
@@ -154,7 +153,9 @@ def test_a_crash_between_models_keeps_what_was_finished(gray, tmp_path, monkeypa
     assert ws.model_names() == ["toy_gan", "toy_vae"]  # the unfinished model is not committed
     monkeypatch.setattr(pipeline.artifacts, "project", real_project)
     report = run(gray, tmp_path / "ws")
-    assert sorted(report.computed) == ["gan_pixel/freq", "gan_pixel/rgb"]
+    # the rgb entry finished before the crash is verified and adopted by its name, not recomputed
+    assert report.computed == ["gan_pixel/freq"]
+    assert "gan_pixel/rgb" in report.reused
 
 
 def test_a_crash_inside_a_write_leaves_the_previous_workspace_readable(gray, tmp_path, monkeypatch):

@@ -110,7 +110,7 @@ def test_every_gan_loss_trains_both_players(loss):
     losses = trainer.step(torch.rand(8, 1, 32, 32) * 2 - 1, torch.Generator().manual_seed(0))
     assert set(losses) == {"d", "g"} and all(torch.isfinite(v) for v in losses.values())
     for key in ("generator", "discriminator", "average"):
-        moved = [not torch.equal(a, b) for a, b in zip(before[key], trainer.modules[key].parameters())]
+        moved = [not torch.equal(a, b) for a, b in zip(before[key], trainer.modules[key].parameters(), strict=True)]
         assert any(moved), f"{loss}: the {key} did not change"
 
 

@@ -99,7 +99,7 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     spaces = analysed_spaces(ws)
     key = analysis_key(ws, s.__dict__)
     cached = ws.manifest.get("analysis")
-    if cached and cached.get("key") == key and not force:
+    if cached and cached.get("key") == key and not force and ws.intact(cached["dir"]):
         return json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
     if ws.busy():
         raise WorkspaceError(f"workspace {ws.path} is being written by another run (fingerprint or train); "
@@ -131,11 +131,10 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     payload = json.dumps(metrics, indent=1).encode()
     # minutes of work above: wait for a writer that started meanwhile (say `manifpt train`) rather
     # than lose it, and commit on top of what that writer committed
-    with ws.writing(wait_s=WAIT_FOR_WRITER_S):
-        ws.manifest = Workspace.open(ws.path).manifest
+    with ws.writing(wait_s=WAIT_FOR_WRITER_S):  # reloads what that writer committed
         rel = ws.write_entry(f"analysis-{key}", arrays, files={"metrics.json": payload})
         ws.manifest["analysis"] = {"key": key, "dir": rel}
-        ws.commit()
+        ws.commit(collect=("analysis-",))
     return metrics
 
 
@@ -164,7 +163,7 @@ class Analysis:
     key: str | None = None  # the cache key it was made under
 
     @classmethod
-    def load(cls, ws: Workspace) -> "Analysis | None":
+    def load(cls, ws: Workspace) -> Analysis | None:
         """The workspace's analysis, or None when `manifpt analyze` has not run (or is stale)."""
         return cls.read(ws)[1]
 
@@ -174,7 +173,7 @@ class Analysis:
         return cls.read(ws)[0]
 
     @classmethod
-    def read(cls, ws: Workspace) -> "tuple[str, Analysis | None]":
+    def read(cls, ws: Workspace) -> tuple[str, Analysis | None]:
         """(state, the analysis when current): one read of the entry for callers that need both."""
         found = cls._read(ws)
         if found is None:
@@ -182,7 +181,7 @@ class Analysis:
         return ("current", found) if found.is_current(ws) else ("stale", None)
 
     @classmethod
-    def _read(cls, ws: Workspace) -> "Analysis | None":
+    def _read(cls, ws: Workspace) -> Analysis | None:
         """The analysis the manifest names, current or not (None when there is none)."""
         entry = ws.manifest.get("analysis")
         if not entry:
@@ -218,4 +217,5 @@ class Analysis:
     def spectra(self, model: str) -> spectra.ModelSpectra:
         """The mean log power spectra of a model's RGB artifacts and samples, and their profiles."""
         i = self.models.index(model)
-        return spectra.ModelSpectra(*(np.asarray(self._npy(f"spectra_{p}")[i]) for p in ("artifact", "sample", "artifact_profile", "sample_profile")))
+        parts = ("artifact", "sample", "artifact_profile", "sample_profile")
+        return spectra.ModelSpectra(*(np.asarray(self._npy(f"spectra_{p}")[i]) for p in parts))

@@ -48,9 +48,16 @@ import pandas as pd
 from fingerprint_core.attribution import baselines, openset
 from fingerprint_core.attribution import split as split_mod
 from fingerprint_core.attribution.bench_report import (
-    PROTOCOLS, SCORE, headline, jsonable, std_or_zero, summarise, write_results)
-from fingerprint_core.attribution.robustness import JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb
+    PROTOCOLS,
+    SCORE,
+    headline,
+    jsonable,
+    std_or_zero,
+    summarise,
+    write_results,
+)
 from fingerprint_core.attribution.method import Inputs, Method
+from fingerprint_core.attribution.robustness import JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import REAL, Workspace, atomic_write_bytes, key_of
 

@@ -86,7 +86,7 @@ class ManiFPT(Method):
 
     # ---- training -----------------------------------------------------------------------
     def fit(self, train: Inputs, targets: Targets, val: Inputs, val_targets: Targets, *, classes: Classes,
-            seed: int = 0, device: str | torch.device = "auto") -> "ManiFPT":
+            seed: int = 0, device: str | torch.device = "auto") -> ManiFPT:
         """Train every head with AdamW (cosine schedule); keep the epoch of best validation model accuracy."""
         dev = devices.resolve(device)
         xs, xv = self._arrays(train), self._arrays(val)
@@ -223,7 +223,7 @@ class ManiFPT(Method):
         write_config(folder, self.config())
 
     @classmethod
-    def load(cls, folder: Path, *, device: str | torch.device = "cpu") -> "ManiFPT":
+    def load(cls, folder: Path, *, device: str | torch.device = "cpu") -> ManiFPT:
         """The attributor saved in folder (no pickle: safetensors and JSON only)."""
         from safetensors.torch import load_file
 

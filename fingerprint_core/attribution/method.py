@@ -24,7 +24,7 @@ class Inputs:
             return len(self.images)
         return len(next(iter(self.artifacts.values()))) if self.artifacts else 0
 
-    def take(self, idx: np.ndarray) -> "Inputs":
+    def take(self, idx: np.ndarray) -> Inputs:
         """The rows idx of every array (a batch, or a subset)."""
         return Inputs(
             None if self.images is None else self.images[idx],
@@ -47,7 +47,7 @@ class Method(ABC):
 
     @abstractmethod
     def fit(self, train: Inputs, targets: Targets, val: Inputs, val_targets: Targets, *, classes: Classes,
-            seed: int = 0, device: str | torch.device = "auto") -> "Method":
+            seed: int = 0, device: str | torch.device = "auto") -> Method:
         """Train every head on `train`; `val` selects the epoch / regularisation. Returns self."""
 
     @abstractmethod
@@ -64,7 +64,7 @@ class Method(ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, folder: Path) -> "Method":
+    def load(cls, folder: Path) -> Method:
         """The method saved in folder, ready to predict."""
 
     def proba(self, x: Inputs) -> dict[str, np.ndarray]:

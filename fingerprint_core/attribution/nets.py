@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 FEATURES = 128  # width of every trunk's feature vector (what the heads and open-set scores read)
 

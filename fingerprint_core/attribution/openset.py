@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.covariance import ledoit_wolf
+from sklearn.metrics import roc_auc_score, roc_curve
 
 SCORES = ("mahalanobis", "energy")
 ACCEPT = 0.95  # share of known validation samples the product threshold accepts
@@ -43,15 +45,11 @@ def fit_gaussians(features: np.ndarray, labels: np.ndarray, n_classes: int) -> t
 
 def shrunk_covariance(x: np.ndarray) -> np.ndarray:
     """Ledoit-Wolf covariance of centred rows: invertible and well conditioned even with fewer rows than features."""
-    n, p = x.shape
-    s = x.T @ x / max(n, 1)
-    mu = np.trace(s) / p
-    delta2 = np.sum((s - mu * np.eye(p)) ** 2) / p
-    # sum_k |x_k x_k' - S|_F^2 = sum_k |x_k|^4 - n |S|_F^2
-    beta2 = (np.sum(np.einsum("ij,ij->i", x, x) ** 2) - n * np.sum(s**2)) / (p * max(n, 1) ** 2)
-    shrink = 1.0 if delta2 <= 0 else float(np.clip(beta2 / delta2, 0.0, 1.0))
+    s, _ = ledoit_wolf(x, assume_centered=True)  # the rows are centred per class already
+    p = s.shape[0]
+    mu = np.trace(s) / p  # the shrinkage keeps the trace
     ridge = SHRINKAGE * max(mu, 1e-12)  # a floor: constant features (dead ReLUs) have zero variance
-    return shrink * mu * np.eye(p) + (1 - shrink) * s + ridge * np.eye(p)
+    return s + ridge * np.eye(p)
 
 
 def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -73,21 +71,17 @@ def energy(logits: np.ndarray) -> np.ndarray:
 
 # ---- measures -------------------------------------------------------------------------------
 def auroc(known: np.ndarray, unknown: np.ndarray) -> float:
-    """P(score of an unknown > score of a known), ties counted half (Mann-Whitney U / n1 n2)."""
+    """P(score of an unknown > score of a known), ties counted half; NaN when either side is empty."""
     known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
     if len(known) == 0 or len(unknown) == 0:
         return float("nan")
-    both = np.concatenate([known, unknown])
-    order = np.argsort(both, kind="mergesort")
-    ranks = np.empty(len(both))
-    sorted_scores = both[order]
-    # average ranks over ties
-    start = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    end = np.r_[start[1:], len(both)]
-    avg = (start + end + 1) / 2.0
-    ranks[order] = np.repeat(avg, end - start)
-    u = ranks[len(known):].sum() - len(unknown) * (len(unknown) + 1) / 2
-    return float(u / (len(known) * len(unknown)))
+    return float(roc_auc_score(*_positives_unknown(known, unknown)))
+
+
+def _positives_unknown(known: np.ndarray, unknown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(y_true, y_score) for sklearn's ROC functions: an unknown is a positive (rejected when high)."""
+    y = np.r_[np.zeros(len(known), dtype=int), np.ones(len(unknown), dtype=int)]
+    return y, np.concatenate([known, unknown]).astype(np.float64)
 
 
 def threshold_for(known: np.ndarray, accept: float = ACCEPT) -> float:
@@ -101,13 +95,21 @@ def threshold_for(known: np.ndarray, accept: float = ACCEPT) -> float:
 
 
 def youden_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
-    """The threshold that maximises TPR - FPR between known and calibration-unknown scores."""
-    cands = np.unique(np.concatenate([known, unknown]))
-    known_sorted, unknown_sorted = np.sort(known), np.sort(unknown)
-    # rejected = score > threshold
-    fpr = 1 - np.searchsorted(known_sorted, cands, side="right") / max(len(known), 1)
-    tpr = 1 - np.searchsorted(unknown_sorted, cands, side="right") / max(len(unknown), 1)
-    return float(cands[np.argmax(tpr - fpr)])
+    """The threshold that maximises TPR - FPR between known and calibration-unknown scores.
+
+    The threshold is one of the scores and rejects what lies strictly above it (as `rates` does);
+    among equally good ones the lowest wins (the one that rejects most).
+    """
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
+    if len(known) == 0 or len(unknown) == 0:
+        raise ValueError(f"{len(known)} known and {len(unknown)} unknown scores: the calibrated threshold needs both")
+    # roc_curve rejects score >= thr[i], thr descending over the distinct scores (thr[0] = inf rejects
+    # none); that is score > thr[i + 1], so point i's threshold in our convention is thr[i + 1]. The
+    # last point (everything rejected) has none.
+    fpr, tpr, thr = roc_curve(*_positives_unknown(known, unknown), drop_intermediate=False)
+    j = (tpr - fpr)[:-1]
+    best = np.flatnonzero(j >= j.max() - 1e-12)[-1]  # the last = the lowest threshold; 1e-12 absorbs rounding
+    return float(thr[best + 1])
 
 
 def rates(known: np.ndarray, unknown: np.ndarray, threshold: float) -> dict[str, float]:
@@ -147,7 +149,7 @@ class OpenSet:
         (folder / CONFIG).write_text(json.dumps({"kind": self.kind, "threshold": self.threshold, "accept": self.accept}))
 
     @classmethod
-    def load(cls, folder: Path) -> "OpenSet":
+    def load(cls, folder: Path) -> OpenSet:
         from safetensors.numpy import load_file
 
         folder = Path(folder)
@@ -205,7 +207,7 @@ def evaluate_fold(known_val: np.ndarray, calibration_unknown: np.ndarray, known_
     return out
 
 
-def run_protocol(ws, make_method: Callable[[], "object"], *, n_groups: int = 5, seed: int = 0,
+def run_protocol(ws, make_method: Callable[[], object], *, n_groups: int = 5, seed: int = 0,
                  device: str = "auto", kind: str = "mahalanobis", accept: float = ACCEPT,
                  on_fold: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Per fold: train make_method() without the held-out models, score, and evaluate (one row per fold)."""
@@ -214,6 +216,12 @@ def run_protocol(ws, make_method: Callable[[], "object"], *, n_groups: int = 5, 
     table = split_mod.workspace_split(ws, seed=seed)
     cls_all = split_mod.classes(ws)
     data = split_mod.load_inputs(ws, table, make_method().needs)
+
+    def scores_of(method, ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(features, model-head logits) of the rows ix."""
+        x = data.take(ix)
+        return method.features(x), method.logits(x)["model"]
+
     rows = []
     all_folds = folds(ws.model_names(), n_groups=n_groups, seed=seed)
     for i, fold in enumerate(all_folds):
@@ -226,19 +234,14 @@ def run_protocol(ws, make_method: Callable[[], "object"], *, n_groups: int = 5, 
         tgt = {p: split_mod.targets(ws, table.iloc[ix], cls) for p, ix in part.items()}
         method.fit(data.take(part["train"]), tgt["train"], data.take(part["val"]), tgt["val"],
                    classes=cls, seed=seed, device=device)
-
-        def scores_of(ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            x = data.take(ix)
-            return method.features(x), method.logits(x)["model"]
-
-        f_tr, _ = scores_of(part["train"])
-        f_va, z_va = scores_of(part["val"])
+        f_tr, _ = scores_of(method, part["train"])
+        f_va, z_va = scores_of(method, part["val"])
         rule = fit(kind, f_tr, tgt["train"]["model"], len(cls["model"]), f_va, z_va, accept=accept)
         s = {}
         for name, ix in (("val", part["val"]), ("test", part["test"]),
                          ("calibration", np.flatnonzero(table["model"].isin(fold.calibration))),
                          ("unknown", np.flatnonzero(table["model"].isin(fold.test)))):
-            f, z = scores_of(ix)
+            f, z = scores_of(method, ix)
             s[name] = rule.score(f, z)
         r = evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"], accept=accept)
         rows.append({"fold": i, "calibration": ",".join(fold.calibration), "test": ",".join(fold.test), **r})

@@ -190,7 +190,7 @@ class Attributor:
             converted.append((up.name, x))
             statuses.append("ok" if not notes else "warning: " + "; ".join(notes))
         answers = self.attribute_array(np.stack([x for _, x in converted]), top=top) if converted else []
-        for (name, _), status, answer in zip(converted, statuses, answers):
+        for (name, _), status, answer in zip(converted, statuses, answers, strict=True):
             report.results.append(Result(file=name, status=status, **answer))
         return report
 

@@ -109,8 +109,7 @@ def train(
                          "add spaces with `manifpt fingerprint --spaces ...`")
     if score not in openset.SCORES:
         raise ValueError(f"score={score!r}: choose one of {', '.join(openset.SCORES)}")
-    with ws.writing():
-        ws.manifest = Workspace.open(ws.path).manifest  # what another writer committed before we held the lock
+    with ws.writing():  # reloads what another writer committed before we held the lock
         table = split_mod.workspace_split(ws, seed=seed)
         cls = split_mod.classes(ws)
         if len(cls["model"]) < 2:
@@ -124,8 +123,12 @@ def train(
             art_key = artifacts_key(ws, kind)
             settings = {"epochs": epochs, "seed": seed, "score": score, "accept": openset.ACCEPT}
             key = key_of(VERSION, kind, art_key, record["split"], cls, settings)
-            done = record["attributors"].get(kind)
-            if done and done["key"] == key and not force:
+            rel = entry_dir(kind, key)
+            done = record["attributors"].get(kind) or {}
+            adopt = ws.entry_meta(rel).get("entry") if ws.intact(rel) else None  # left by a lost manifest
+            if not force and ws.intact(rel) and (done.get("key") == key or adopt):
+                if done.get("key") != key:
+                    record["attributors"][kind] = {**adopt, "dir": rel, "artifacts": art_key}
                 log(f"{kind}: up to date (trained before), reused")
                 continue
             for s in needs(kind):
@@ -140,7 +143,7 @@ def train(
             record["attributors"][kind] = entry
             ws.commit()  # resumable: every finished kind is kept
             log(f"{kind}: test accuracy (model) {entry['test']['model']:.3f}, {entry['seconds']:.0f} s")
-        ws.commit()
+        ws.commit(collect=("attribution",))
     return accuracy_table(ws, kinds)
 
 
@@ -166,10 +169,8 @@ def _train_one(ws, kind, key, data, table, parts, targets, cls, *, epochs, seed,
         method.save(folder)
         rule.save(folder)
         files = {p.name: p.read_bytes() for p in folder.iterdir()}
-    rel = ws.write_entry(f"attribution/{kind}-{key}", {}, {"test.parquet": test}, files)
-    return {
+    entry = {
         "key": key,
-        "dir": rel,
         "val": acc["val"],
         "test": acc["test"],
         "open_set": {"score": score, "threshold": rule.threshold, "accept": rule.accept,
@@ -178,6 +179,14 @@ def _train_one(ws, kind, key, data, table, parts, targets, cls, *, epochs, seed,
         "epochs_run": len(method.history_),
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    # the entry carries its manifest record, so a rerun after a lost manifest adopts it by name
+    entry["dir"] = ws.write_entry(entry_dir(kind, key), {}, {"test.parquet": test}, files, meta={"entry": entry})
+    return entry
+
+
+def entry_dir(kind: str, key: str) -> str:
+    """Where an attributor with this key lives in the workspace."""
+    return f"attribution/{kind}-{key}"
 
 
 def accuracy_table(ws: Workspace, kinds: list[str] | None = None) -> pd.DataFrame:

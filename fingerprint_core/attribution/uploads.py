@@ -29,15 +29,29 @@ _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _READ_BLOCK = 2**20
 
 
+DECODED_ENV = "MANIFPT_MAX_DECODED_MB"
+DEFAULT_DECODED_MB = 256  # 50 images of 1024 x 1024 x 3 decode to 150 MiB
+
+
+def default_decoded_bytes() -> int:
+    """The budget on the decoded pixels of one call: $MANIFPT_MAX_DECODED_MB, else 256 MiB."""
+    try:
+        return int(float(os.environ.get(DECODED_ENV, DEFAULT_DECODED_MB)) * 2**20)
+    except ValueError:
+        return DEFAULT_DECODED_MB * 2**20
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Caps on one call: files read, and per archive its entries and unpacked bytes."""
+    """Caps on one call: files read, per archive its entries and unpacked bytes, and the decoded pixels
+    of everything together (what the images take in memory, checked from each header before decoding)."""
 
     max_files: int = 10_000  # images read in one call, every folder and archive together
     max_members: int = 10_000  # entries of one archive
     max_archive_bytes: int = 2**30  # unpacked bytes of one archive (1 GiB)
     max_file_bytes: int = decode.MAX_FILE_BYTES  # one image file
     max_pixels: int = decode.MAX_PIXELS  # one image
+    max_decoded_bytes: int = field(default_factory=default_decoded_bytes)  # every image of the call together
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class _Reader:
         self.limits = limits
         self.batch = Batch()
         self._full_reported = False
+        self.decoded = 0  # bytes of the decoded images so far
 
     def error(self, name: str, reason: str) -> None:
         self.batch.errors.append((name, reason))
@@ -91,11 +106,18 @@ class _Reader:
         """Decode one image (bytes or a path) into the batch, or record why not."""
         if not self.room(name):
             return
+        budget = self.limits.max_decoded_bytes
         try:
-            d = decode.decode_image(data, max_pixels=self.limits.max_pixels, max_bytes=self.limits.max_file_bytes)
+            d = decode.decode_image(data, max_pixels=self.limits.max_pixels, max_bytes=self.limits.max_file_bytes,
+                                    max_decoded_bytes=budget - self.decoded, name=name)
+        except decode.OverBudget as err:
+            self.error(name, f"not read: {err} of this call's budget of {decode._size_text(budget)} for decoded images "
+                             f"(set {DECODED_ENV} to change it)")
+            return
         except decode.DecodeError as err:
             self.error(name, str(err))
             return
+        self.decoded += d.array.nbytes
         self.batch.images.append(Upload(name, d.array, d.notes))
 
     # ---- archives ---------------------------------------------------------------------------

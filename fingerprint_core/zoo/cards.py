@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from fingerprint_core.fsio import atomic_write
+
 PRECISION_MIN, RECALL_MIN = 0.3, 0.1  # the issue's "no collapsed model" bar
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path through a temporary name, so a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write data to path atomically and durably (fingerprint_core.fsio.atomic_write)."""
+    atomic_write(path, data)
 
 
 def grid(images: np.ndarray, *, rows: int = 8, cols: int = 8, gap: int = 2, scale: int = 2) -> np.ndarray:
@@ -31,9 +30,7 @@ def grid(images: np.ndarray, *, rows: int = 8, cols: int = 8, gap: int = 2, scal
 
 def write_grid(images: np.ndarray, path: Path) -> None:
     """Save an 8 x 8 grid of the first 64 samples as PNG, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid(images)).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: Image.fromarray(grid(images)).save(f, format="PNG"))
 
 
 def _minutes(seconds: float) -> str:

@@ -93,7 +93,7 @@ def recalibrate_batchnorm(model: nn.Module, latent_shape: tuple[int, ...], rng: 
     model.train()
     for _ in range(batches):
         model(torch.randn((batch_size, *latent_shape), generator=rng, device=device))
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.eval()
 

@@ -47,7 +47,10 @@ def frechet_distance(a, b) -> float:
 
 def _distances(x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Euclidean distances (N, M), computed in row chunks."""
-    return torch.cat([torch.cdist(x[i:i + chunk], y, compute_mode="donot_use_mm_for_euclid_dist") for i in range(0, len(x), chunk)]) if len(x) else x.new_zeros((0, len(y)))
+    if not len(x):
+        return x.new_zeros((0, len(y)))
+    return torch.cat([torch.cdist(x[i:i + chunk], y, compute_mode="donot_use_mm_for_euclid_dist")
+                      for i in range(0, len(x), chunk)])
 
 
 def knn_radii(features, k: int = K) -> torch.Tensor:

@@ -61,7 +61,7 @@ class LinearHeads:
     def __init__(self, *, Cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0), max_iter: int = 100) -> None:
         self.Cs, self.max_iter = tuple(float(c) for c in Cs), int(max_iter)
 
-    def fit(self, X, targets, Xv, val_targets, classes, seed: int = 0) -> "LinearHeads":
+    def fit(self, X, targets, Xv, val_targets, classes, seed: int = 0) -> LinearHeads:
         self.mean_ = X.mean(0).astype(np.float32)
         scale = X.std(0)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
@@ -105,7 +105,7 @@ class LinearHeads:
         return {"Cs": list(self.Cs), "max_iter": self.max_iter, "chosen_C": self.C_}
 
     @classmethod
-    def restore(cls, state: dict, arrays: dict[str, np.ndarray], heads: list[str]) -> "LinearHeads":
+    def restore(cls, state: dict, arrays: dict[str, np.ndarray], heads: list[str]) -> LinearHeads:
         self = cls(Cs=tuple(state["Cs"]), max_iter=state["max_iter"])
         self.mean_, self.scale_, self.C_ = arrays["mean"], arrays["scale"], state["chosen_C"]
         self.coef_ = {h: arrays[f"coef.{h}"] for h in heads}
@@ -140,7 +140,7 @@ class KNNHeads:
     def __init__(self, *, ks: tuple[int, ...] = (5, 15, 45)) -> None:
         self.ks = tuple(int(k) for k in ks)
 
-    def fit(self, X, targets, Xv, val_targets, classes, seed: int = 0) -> "KNNHeads":
+    def fit(self, X, targets, Xv, val_targets, classes, seed: int = 0) -> KNNHeads:
         self.mean_ = X.mean(0).astype(np.float32)
         scale = X.std(0)
         self.scale_ = np.where(scale > 1e-12, scale, 1.0).astype(np.float32)
@@ -188,7 +188,7 @@ class KNNHeads:
         return {"ks": list(self.ks), "chosen_k": self.k_, "n_classes": self.n_classes_}
 
     @classmethod
-    def restore(cls, state: dict, arrays: dict[str, np.ndarray], heads: list[str]) -> "KNNHeads":
+    def restore(cls, state: dict, arrays: dict[str, np.ndarray], heads: list[str]) -> KNNHeads:
         self = cls(ks=tuple(state["ks"]))
         self.mean_, self.scale_, self.train_ = arrays["mean"], arrays["scale"], arrays["train"]
         self.labels_ = {h: arrays[f"labels.{h}"] for h in heads}

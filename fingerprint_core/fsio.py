@@ -1,0 +1,110 @@
+"""Durable file writes: one helper for every file the project writes (write, fsync, rename, fsync the folder)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+TMP_PATTERN = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")  # what tmp_name makes; the clean-up removes only these
+
+
+def tmp_name(path: Path) -> Path:
+    """A hidden temporary sibling of path (same folder, so the final rename is atomic)."""
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened (Windows)."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class HashingWriter:
+    """A binary file wrapper that hashes and counts what passes through (np.save and parquet write into it)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.size += len(view)
+        return self.f.write(view)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def tell(self) -> int:
+        return self.size
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self.f.closed
+
+
+def write_durable(path: Path, data: bytes | Callable[[HashingWriter], None]) -> tuple[int, str]:
+    """Write path in place and fsync it; data is bytes or a function that writes into the file. Returns (size, sha256)."""
+    with open(path, "wb") as f:
+        w = HashingWriter(f)
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            w.write(data)
+        else:
+            data(w)
+        f.flush()
+        os.fsync(f.fileno())
+    return w.size, w.sha256.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[HashingWriter], None]) -> tuple[int, str]:
+    """Write a file under a temporary name, fsync it, rename it into place, fsync the folder; returns (size, sha256)."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        out = write_durable(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return out
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether path lies inside root and no folder between them (nor path itself) is a symbolic link."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return False
+    if ".." in rel.parts:
+        return False
+    p = root
+    for part in rel.parts:
+        p = p / part
+        if p.is_symlink():
+            return False
+    return True
