@@ -66,8 +66,8 @@ def _recompute_command(ws_path: Path, manifest: dict | None) -> str:
 def _fix_for(what: str, ws_path: Path, manifest: dict) -> str:
     if "attributor" in what or "attribution split" in what:
         return f"manifpt train {_q(ws_path)}"
-    if what == "the analysis":
-        return f"manifpt analyze {_q(ws_path)}"
+    if what == "the analysis" or what.startswith("the learned"):
+        return f"manifpt analyze {_q(ws_path)}" + (" --lodo-learned" if "leave-one-design-out" in what else "")
     return _recompute_command(ws_path, manifest)
 
 
@@ -165,6 +165,9 @@ def _drop_damaged(ws: Workspace, found: CheckReport) -> None:
         e["spaces"] = {s: x for s, x in e.get("spaces", {}).items() if x["dir"] not in bad}
     if m.get("analysis", {}).get("dir") in bad:
         m.pop("analysis")
+    m["learned"] = {s: e for s, e in (m.get("learned") or {}).items() if e["dir"] not in bad}
+    for v in (m.get("lodo_learned") or {}).values():
+        v["folds"] = {d: rel for d, rel in v.get("folds", {}).items() if rel not in bad}
     att = m.get("attribution") or {}
     if att.get("split") in bad:
         m.pop("attribution")

@@ -328,8 +328,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     def on_epoch(kind: str, row: dict) -> None:
         if args.job is not None:
-            args.job.set(f"{kind} attributor: epoch {row['epoch']} of at most {row['epochs']} · validation accuracy "
-                         f"(model) {row['val_acc']['model']:.3f}", row["epoch"], row["epochs"])
+            args.job.set(f"training the {kind} attributor (validation accuracy (model) {row['val_acc']['model']:.3f}), "
+                         "epoch", row["epoch"], row["epochs"])  # of at most: early stopping may end it sooner
         if not args.quiet:
             print(f"{kind} epoch {row['epoch']}/{row['epochs']}: loss {row['train_loss']:.3f}, validation accuracy "
                   f"(model) {row['val_acc']['model']:.3f}, best epoch {row['best_epoch']}, {row['seconds']:.1f} s",
@@ -516,9 +516,9 @@ def _job_of(args: argparse.Namespace):
 
         from fingerprint_core.jobs import JobProgress
 
-        args.job = JobProgress(args.progress_file)
         with contextlib.suppress(ValueError):  # only the main thread may set a handler
             signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        args.job = JobProgress(args.progress_file)
     return args.job
 
 
@@ -605,7 +605,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:  # SIGTERM in a job (see _job_of)
         code = e.code if isinstance(e.code, int) else 1
-        _job_end(job, code, f"stopped by a signal (exit status {code}); what it finished is kept in the workspace")
+        _job_end(job, code, "stopped (SIGTERM); what it finished is kept in the workspace" if code == 128 + 15
+                 else f"exited with status {code}")
         raise
     except BaseException as e:
         _job_end(job, 1, f"{type(e).__name__}: {e} (an unexpected error: the traceback is in the job's log)")

@@ -433,6 +433,11 @@ def named_paths(manifest: dict) -> dict[str, str]:
         named[a["dir"]] = f"the {kind} attributor"
     for space, s in m.get("spaces", {}).items():
         named[s["dir"]] = f"the {space} reference embeddings"
+    for space, s in (m.get("learned") or {}).items():
+        named[s["dir"]] = f"the learned {space} fingerprints"
+    for space, s in (m.get("lodo_learned") or {}).items():
+        for design, d in s.get("folds", {}).items():
+            named[d] = f"the learned leave-one-design-out fold {design} ({space})"
     for model, e in m.get("models", {}).items():
         named[e["images"]["dir"]] = f"the images of {model}"
         for space, s in e.get("spaces", {}).items():
@@ -510,6 +515,20 @@ def manifest_problem(m) -> str | None:
             return f"models.{model}: bad_files and warnings must be lists"
     if m.get("analysis") is not None and (problem := _dir_entry(m["analysis"], "'analysis'")):
         return problem
+    learned = m.get("learned")
+    if learned is not None:
+        if not isinstance(learned, dict):
+            return "'learned' is not an object"
+        for space, e in learned.items():
+            if problem := _dir_entry(e, f"learned.{space}"):
+                return problem
+    lodo = m.get("lodo_learned")
+    if lodo is not None:
+        if not isinstance(lodo, dict) or not all(isinstance(v, dict) and isinstance(v.get("folds", {}), dict) for v in lodo.values()):
+            return "'lodo_learned' is not an object of spaces with 'folds'"
+        for space, v in lodo.items():
+            if not all(_is_rel(d) for d in v.get("folds", {}).values()):
+                return f"lodo_learned.{space}.folds names a path outside the workspace"
     att = m.get("attribution")
     if att is not None:
         if not isinstance(att, dict) or not isinstance(att.get("attributors", {}), dict):
