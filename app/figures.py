@@ -8,9 +8,11 @@ from functools import lru_cache
 
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image
 from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
-from PIL import Image
+
+from app.text import plotly_label
 
 DIVERGING = "RdBu_r"  # blue below zero, white at zero, red above
 HEATMAP_MAX_PIXELS = 64 * 64  # above this, artifacts go out as colour-mapped PNGs (payload stays small)
@@ -85,6 +87,7 @@ def sample_grid(
     labels = labels if labels is not None else [f"#{i}" for i in range(k)]
     if len(labels) != k:
         raise ValueError(f"{len(labels)} labels for {k} samples")
+    labels = [plotly_label(lb) for lb in labels]  # text, whatever they hold
     per_channel = "<br>mean of 3 channels" if c == 3 else ""
     titles = [
         "sample",

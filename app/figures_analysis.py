@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from app.figures import DIVERGING, symmetric_range
+from app.text import md, plotly_label
 
 REAL = "real"  # the held-out real images (fingerprint_core.workspace.REAL): the real control
 REAL_COLOR = "#6B7280"  # the real control is grey on every figure
@@ -39,7 +40,7 @@ PAPER_TABLE5 = {
 def model_levels(design: pd.DataFrame, color_by: str) -> dict[str, str]:
     """model -> its level in the column color_by (the real control is always its own level, "real")."""
     values = design[color_by] if color_by in design else design["model"]
-    return {m: (REAL if m == REAL else str(v)) for m, v in zip(design["model"], values)}
+    return {m: (REAL if m == REAL else str(v)) for m, v in zip(design["model"], values, strict=True)}
 
 
 def level_colors(levels: Sequence[str]) -> dict[str, str]:
@@ -55,9 +56,10 @@ def level_colors(levels: Sequence[str]) -> dict[str, str]:
 
 
 def design_hover(design: pd.DataFrame) -> dict[str, str]:
-    """model -> its design choices as hover lines ("family: gan<br>loss: hinge")."""
+    """model -> its design choices as hover lines ("family: gan<br>loss: hinge"), names escaped for plotly."""
     cols = [c for c in design.columns if c != "model"]
-    return {str(r["model"]): "<br>".join(f"{c}: {r[c]}" for c in cols if pd.notna(r[c]) and str(r[c]) != "")
+    return {str(r["model"]): "<br>".join(f"{plotly_label(c)}: {plotly_label(r[c])}" for c in cols
+                                         if pd.notna(r[c]) and str(r[c]) != "")
             for r in design.to_dict("records")}  # a blank cell (the real control's seed) says nothing
 
 
@@ -85,7 +87,7 @@ def legend_styles(models: Sequence[str], design: pd.DataFrame, color_by: str) ->
     colors = level_colors(sorted(lv, key=lambda v: v == REAL))  # the real control takes no palette colour
     rank = {v: i for i, v in enumerate(colors)}
     first = {v: i for i, v in reversed(list(enumerate(lv)))}
-    return {"color": [colors[v] for v in lv], "name": lv, "legendgroup": lv,
+    return {"color": [colors[v] for v in lv], "name": [plotly_label(v) for v in lv], "legendgroup": lv,
             "showlegend": [first[v] == i for i, v in enumerate(lv)], "legendrank": [rank[v] for v in lv]}
 
 
@@ -96,8 +98,8 @@ def colour_menu(models: Sequence[str], traces: Sequence[int], design: pd.DataFra
     for col in colourings(design):
         s = legend_styles(models, design, col)
         restyle = {**{k: s["color"] for k in colour_keys}, **{k: s[k] for k in LEGEND_KEYS}}
-        buttons.append(dict(label=f"Colour by: {col}", method="update",
-                            args=[restyle, {"legend.title.text": col}, list(traces)]))
+        buttons.append(dict(label=f"Colour by: {plotly_label(col)}", method="update",
+                            args=[restyle, {"legend.title.text": plotly_label(col)}, list(traces)]))
     active = colourings(design).index(color_by) if color_by in colourings(design) else 0
     return dict(type="dropdown", buttons=buttons, active=active, direction="down", showactive=True,
                 x=0, xanchor="left", y=1, yanchor="bottom", pad=dict(b=4), bgcolor="white",
@@ -107,7 +109,8 @@ def colour_menu(models: Sequence[str], traces: Sequence[int], design: pd.DataFra
 def _map_layout(fig: go.Figure, color_by: str, height: int, menu: dict, revision: int) -> None:
     fig.update_layout(
         height=height, dragmode="select", hovermode="closest", uirevision=f"fingerprint-map-{revision}",
-        legend=dict(title=dict(text=color_by), itemsizing="constant", groupclick="togglegroup", y=1, yanchor="top"),
+        legend=dict(title=dict(text=plotly_label(color_by)), itemsizing="constant", groupclick="togglegroup", y=1,
+                    yanchor="top"),
         margin=dict(l=10, r=10, t=44, b=10), plot_bgcolor="rgba(0,0,0,0)",  # the top margin holds the menu
         updatemenus=[menu],
     )
@@ -150,7 +153,8 @@ def map_figure(
             customdata=np.column_stack([rows, index[rows]]).astype(np.int32),
             marker=dict(color=style["color"][i], size=4 if m == REAL else 5, opacity=0.55 if m == REAL else 0.75),
             unselected=dict(marker=dict(opacity=0.06)), **{k: style[k][i] for k in LEGEND_KEYS},
-            hovertemplate=f"<b>{m}</b> · sample #%{{customdata[1]}}<br>{hover.get(m, '')}<extra></extra>",
+            hovertemplate=f"<b>{plotly_label(m)}</b> · sample #%{{customdata[1]}}<br>{hover.get(m, '')}"
+                          "<extra></extra>",
         ))
     _map_layout(fig, color_by, height, colour_menu(order, range(len(order)), design, color_by), revision)
     return fig
@@ -182,13 +186,13 @@ def centroid_figure(
         c = cents.loc[m]
         color = style["color"][i]
         fig.add_trace(go.Scattergl(  # WebGL like the cloud, so the centroids are drawn over it, not under
-            x=[c["x"]], y=[c["y"]], mode="markers+text", text=[m], textposition="top center",
+            x=[c["x"]], y=[c["y"]], mode="markers+text", text=[plotly_label(m)], textposition="top center",
             error_x=dict(array=[c["sx"]], color=color, thickness=1.2, width=0),  # ±1 std of its samples
             error_y=dict(array=[c["sy"]], color=color, thickness=1.2, width=0),
             textfont=dict(size=10, color="#374151"), customdata=[[m]], **{k: style[k][i] for k in LEGEND_KEYS},
             marker=dict(color=color, size=15, line=dict(color="white", width=1.5),
                         symbol="diamond" if m == REAL else "circle"),
-            hovertext=[f"<b>{m}</b> · {int(c['n'])} samples<br>{hover.get(m, '')}"],
+            hovertext=[f"<b>{plotly_label(m)}</b> · {int(c['n'])} samples<br>{hover.get(m, '')}"],
             hovertemplate="%{hovertext}<extra></extra>",
         ))
     menu = colour_menu(order, range(1, len(order) + 1), design, color_by,
@@ -245,7 +249,7 @@ def _heatmap(z: np.ndarray, name: str, coloraxis: str, what: str) -> go.Heatmap:
     h, w = z.shape
     return go.Heatmap(
         z=np.asarray(z, np.float32), x=frequencies(w), y=frequencies(h), coloraxis=coloraxis,
-        hovertemplate=(f"<b>{name}</b><br>f<sub>x</sub> %{{x:.3f}}, f<sub>y</sub> %{{y:.3f}} cycles/px"
+        hovertemplate=(f"<b>{plotly_label(name)}</b><br>f<sub>x</sub> %{{x:.3f}}, f<sub>y</sub> %{{y:.3f}} cycles/px"
                        f"<br>{what} %{{z:.3g}}<extra></extra>"),
     )
 
@@ -274,7 +278,7 @@ def spectrum_grid(
             lines.append((level if start == 0 else "", cells[start:start + max_cols]))
     n_rows = max(len(lines), 1)
     n_cols = max([len(c) for _, c in lines] + [1])
-    titles = [(c[i][0] if i < len(c) else "") for _, c in lines for i in range(n_cols)]
+    titles = [(plotly_label(c[i][0]) if i < len(c) else "") for _, c in lines for i in range(n_cols)]
     gap_px = 34
     fig = make_subplots(
         rows=n_rows, cols=n_cols, subplot_titles=titles,
@@ -287,7 +291,8 @@ def spectrum_grid(
     for r, (level, cells) in enumerate(lines, start=1):
         for c, (name, z) in enumerate(cells, start=1):
             fig.add_trace(_heatmap(z, name, "coloraxis", what), row=r, col=c)
-        fig.update_yaxes(title=dict(text=f"<b>{level}</b>" if level else "", font=dict(size=12)), row=r, col=1)
+        fig.update_yaxes(title=dict(text=f"<b>{plotly_label(level)}</b>" if level else "", font=dict(size=12)),
+                         row=r, col=1)
         for c in range(len(cells) + 1, n_cols + 1):  # empty cells: no axes
             fig.update_xaxes(visible=False, row=r, col=c)
             fig.update_yaxes(visible=False, row=r, col=c)
@@ -324,8 +329,9 @@ def profile_figure(
         prof = np.asarray(prof, np.float64)
         fig.add_trace(go.Scatter(
             x=np.arange(len(prof)) / size, y=prof, mode="lines", line=dict(color=colors[level], width=1.6),
-            name=level, legendgroup=level, showlegend=level not in shown,
-            hovertemplate=f"<b>{model}</b> ({level})<br>f %{{x:.3f}} cycles/px: %{{y:.3g}}<extra></extra>",
+            name=plotly_label(level), legendgroup=level, showlegend=level not in shown,
+            hovertemplate=f"<b>{plotly_label(model)}</b> ({plotly_label(level)})<br>f %{{x:.3f}} cycles/px: "
+                          "%{y:.3g}<extra></extra>",
         ))
         shown.add(level)
     if reference is not None:
@@ -338,7 +344,7 @@ def profile_figure(
     fig.add_vline(x=0.5, line=dict(color="#9CA3AF", width=1, dash="dot"), annotation_text="Nyquist",
                   annotation_position="top left", annotation_font_size=10)
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=20, b=10), hovermode="closest",
-                      legend=dict(title=dict(text=legend_title)))
+                      legend=dict(title=dict(text=plotly_label(legend_title))))
     fig.update_xaxes(title_text="spatial frequency (cycles per pixel, radius from DC)")
     fig.update_yaxes(title_text=ylabel)
     return fig
@@ -348,7 +354,8 @@ def pair_figure(
     a: np.ndarray, b: np.ndarray, name_a: str, name_b: str, *, diverging: bool, colorbar_title: str
 ) -> go.Figure:
     """Two spectra side by side (shared colours) and their difference A − B (diverging, centred on 0)."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[name_a, name_b, f"{name_a} − {name_b}"], horizontal_spacing=0.12)
+    titles = [plotly_label(name_a), plotly_label(name_b), f"{plotly_label(name_a)} − {plotly_label(name_b)}"]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.12)
     fig.update_annotations(font_size=11)
     lo, hi = color_range([a, b], diverging)
     what = "Δ log power" if diverging else "log power"
@@ -396,7 +403,8 @@ def nmi_figure(
             hover = ("%{y}, %{x}: NMI %{z:.3f}<br>95% bootstrap interval "
                      "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>")
         fig.add_trace(go.Heatmap(
-            z=z, x=list(df.columns), y=list(df.index), text=text, texttemplate="%{text}", textfont=dict(size=12),
+            z=z, x=[plotly_label(c) for c in df.columns], y=[plotly_label(i) for i in df.index], text=text,
+            texttemplate="%{text}", textfont=dict(size=12),
             customdata=custom, hovertemplate=hover, coloraxis="coloraxis", xgap=2, ygap=2,
         ), row=1, col=col)
     fig.update_yaxes(autorange="reversed")
@@ -410,20 +418,21 @@ def nmi_figure(
 def lomo_figure(accuracy: pd.DataFrame, chance: pd.DataFrame) -> go.Figure:
     """Leave-one-design-out accuracy per factor (bars), one panel per space, chance level as a black tick."""
     spaces = list(accuracy.index)
-    fig = make_subplots(rows=1, cols=max(len(spaces), 1), subplot_titles=spaces, shared_yaxes=True, horizontal_spacing=0.03)
+    fig = make_subplots(rows=1, cols=max(len(spaces), 1), subplot_titles=[plotly_label(sp) for sp in spaces],
+                        shared_yaxes=True, horizontal_spacing=0.03)
     colors = level_colors(spaces)
     for i, sp in enumerate(spaces, start=1):
         acc, ch = accuracy.loc[sp], chance.reindex_like(accuracy).loc[sp]
-        factors = list(acc.index)
+        factors = [plotly_label(f) for f in acc.index]
         fig.add_trace(go.Bar(
-            x=factors, y=acc.to_numpy(float), marker_color=colors[sp], name=sp, showlegend=False,
+            x=factors, y=acc.to_numpy(float), marker_color=colors[sp], name=plotly_label(sp), showlegend=False,
             text=[("n/a" if not np.isfinite(v) else f"{v:.0%}") for v in acc.to_numpy(float)], textposition="outside",
-            hovertemplate=f"{sp}, %{{x}}: accuracy %{{y:.1%}}<extra></extra>",
+            hovertemplate=f"{plotly_label(sp)}, %{{x}}: accuracy %{{y:.1%}}<extra></extra>",
         ), row=1, col=i)
         fig.add_trace(go.Scatter(
             x=factors, y=ch.to_numpy(float), mode="markers", name="chance", showlegend=i == 1, legendgroup="chance",
             marker=dict(symbol="line-ew", size=26, line=dict(width=3, color="#111827")),
-            hovertemplate=f"{sp}, %{{x}}: chance %{{y:.1%}}<extra></extra>",
+            hovertemplate=f"{plotly_label(sp)}, %{{x}}: chance %{{y:.1%}}<extra></extra>",
         ), row=1, col=i)
     fig.update_yaxes(range=[0, 1.12], tickformat=".0%")
     fig.update_yaxes(title_text="held-out design accuracy", row=1, col=1)
@@ -464,7 +473,7 @@ def design_reading(
     out = []
     if design is not None:
         for group in confounded(design, list(space_factor_frame(nmi).columns)):
-            names = ", ".join(f"**{f}**" for f in group)
+            names = ", ".join(f"**{md(f)}**" for f in group)
             out.append(f"{names} divide the models into the same groups in this workspace, so their numbers "
                        "are the same and cannot be told apart; models that vary one without the others would.")
     table = space_factor_frame(nmi)
@@ -473,17 +482,18 @@ def design_reading(
         for sp, row in table.iterrows():
             row = row.dropna()
             if len(row):
-                tops.append(f"**{row.idxmax()}** in {sp} ({row.max():.2f})")
+                tops.append(f"**{md(row.idxmax())}** in {md(sp)} ({row.max():.2f})")
         mean = table.mean(axis=0, skipna=True).dropna().sort_values(ascending=False)
-        text = f"Clustering the fingerprints aligns best with **{mean.index[0]}** (mean NMI over spaces {mean.iloc[0]:.2f})"
+        text = (f"Clustering the fingerprints aligns best with **{md(mean.index[0])}** (mean NMI over spaces "
+                f"{mean.iloc[0]:.2f})")
         if len(mean) > 1:
-            text += f", then **{mean.index[1]}** ({mean.iloc[1]:.2f})"
+            text += f", then **{md(mean.index[1])}** ({mean.iloc[1]:.2f})"
         text += ". Highest NMI per space: " + "; ".join(tops) + "."
         out.append(text)
         ref = pd.DataFrame(paper).T.mean(axis=0).sort_values(ascending=False)
         shared = [f for f in mean.index if f in ref.index]
         if shared:
-            both = ", ".join(f"{f} {mean[f]:.2f} here vs {ref[f]:.2f}" for f in shared)
+            both = ", ".join(f"{md(f)} {mean[f]:.2f} here vs {ref[f]:.2f}" for f in shared)
             out.append(f"The paper's Table 5 ranks **{ref.index[0]}** ({ref.iloc[0]:.2f}) and **{ref.index[1]}** "
                        f"({ref.iloc[1]:.2f}) first, averaged over its spaces. On the factors both measure: {both}.")
     above, at_chance, undefined, unseen = [], [], [], []
@@ -500,9 +510,9 @@ def design_reading(
             continue
         sp, a, c = max(cells, key=lambda t: t[1] - t[2])
         if a > c + margin:
-            above.append((a - c, f"**{f}** in {sp} ({_pct(a)} vs chance {_pct(c)})"))
+            above.append((a - c, f"**{md(f)}** in {md(sp)} ({_pct(a)} vs chance {_pct(c)})"))
         else:
-            at_chance.append(f"**{f}** (best {_pct(a)} in {sp}, chance {_pct(c)})")
+            at_chance.append(f"**{md(f)}** (best {_pct(a)} in {md(sp)}, chance {_pct(c)})")
     if above:
         above.sort(reverse=True)
         out.append("Held-out designs are predicted above chance for " + "; ".join(t for _, t in above)
@@ -510,18 +520,18 @@ def design_reading(
     if at_chance:
         out.append("No better than chance in any space: " + "; ".join(at_chance) + ".")
     if unseen:
-        out.append("Cannot be predicted for a held-out design: " + ", ".join(f"**{f}**" for f in unseen)
+        out.append("Cannot be predicted for a held-out design: " + ", ".join(f"**{md(f)}**" for f in unseen)
                    + " (every design has a level no other design shares, so the classifier never saw it).")
     if undefined:
         out.append("Not measurable by leaving one design out (too few designs per level): "
-                   + ", ".join(f"**{f}**" for f in undefined) + ".")
+                   + ", ".join(f"**{md(f)}**" for f in undefined) + ".")
     sil = space_factor_frame(silhouette)
     if sil.size and np.isfinite(sil.to_numpy(float)).any():
         stacked = sil.stack().dropna()
         (sp, f), v = stacked.idxmax(), stacked.max()
         if v < 0.1:
-            out.append(f"All silhouettes are below 0.1 (highest: {f} in {sp}, {v:.2f}): the levels of every factor "
-                       "overlap in fingerprint space; the structure is a tendency, not separate clusters.")
+            out.append(f"All silhouettes are below 0.1 (highest: {md(f)} in {md(sp)}, {v:.2f}): the levels of every "
+                       "factor overlap in fingerprint space; the structure is a tendency, not separate clusters.")
         else:
-            out.append(f"The clearest separation into groups (silhouette) is **{f}** in {sp} ({v:.2f}).")
+            out.append(f"The clearest separation into groups (silhouette) is **{md(f)}** in {md(sp)} ({v:.2f}).")
     return out

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from app import figures
 from app import figures_analysis as fa
+from app.text import md, plotly_label
 
 REAL = "real"
 VERDICT_COLORS = {"known": "#2563EB", "unknown": "#D97706", "real": "#059669"}
@@ -45,7 +46,7 @@ def artifact_tile(image: np.ndarray, nearest: np.ndarray, px: int = TILE_PX) -> 
 
 def top_models_figure(top: Sequence[Mapping], *, verdict: str = "known", height: int | None = None) -> go.Figure:
     """The most probable models as horizontal bars, most probable on top; the first is coloured by the verdict."""
-    models = [str(t["model"]) for t in top][::-1]
+    models = [plotly_label(t["model"]) for t in top][::-1]
     p = [float(t["p"]) for t in top][::-1]
     first = VERDICT_COLORS.get(verdict, VERDICT_COLORS["known"])
     colors = ["#CBD5E1"] * (len(p) - 1) + [first] if p else []
@@ -64,8 +65,8 @@ def top_models_figure(top: Sequence[Mapping], *, verdict: str = "known", height:
 
 
 def verdict_line(verdict: str, score: float, threshold: float, top_model: str, accept: float = 0.95) -> str:
-    """One line on why the verdict is what it is: the open-set score against the threshold."""
-    share = f"{accept:.0%}"
+    """One line on why the verdict is what it is: the open-set score against the threshold (markdown)."""
+    share, top_model = f"{accept:.0%}", md(top_model)
     if verdict == "unknown":
         return (f"Open-set score {score:.3g} > threshold {threshold:.3g} (which {share} of known validation images "
                 f"stay under): unlike every known model, so probably from a model not in this workspace "
@@ -94,7 +95,8 @@ def batch_figure(table: pd.DataFrame) -> go.Figure:
     for v in VERDICTS:
         if v in counts:
             fig.add_trace(go.Bar(
-                y=order, x=counts.loc[order, v].tolist(), orientation="h", name=v, marker_color=VERDICT_COLORS[v],
+                y=[plotly_label(m) for m in order], x=counts.loc[order, v].tolist(), orientation="h", name=v,
+                marker_color=VERDICT_COLORS[v],
                 hovertemplate=f"%{{y}}: %{{x}} image(s), verdict {v}<extra></extra>",
             ))
     fig.update_layout(
@@ -128,7 +130,7 @@ def upload_map_figure(frame: pd.DataFrame, design: pd.DataFrame, placed: pd.Data
         fig.add_trace(go.Scatter(
             x=rows["x"], y=rows["y"], mode="markers", name=f"upload: {v}",
             marker=dict(symbol="star", size=19, color=VERDICT_COLORS[v], line=dict(color="black", width=1.2)),
-            customdata=np.column_stack([rows["file"], rows["model"]]),
+            customdata=np.column_stack([rows["file"].map(plotly_label), rows["model"].map(plotly_label)]),
             hovertemplate="<b>%{customdata[0]}</b><br>verdict " + v + ", most probable %{customdata[1]}<extra></extra>",
         ))
     fig.update_layout(dragmode="zoom", height=560)
@@ -201,7 +203,7 @@ def bench_table(summary: pd.DataFrame, digits: int = 2) -> tuple[pd.DataFrame, p
     headers = [f"{PROTOCOLS[p][0]} {METRICS.get(m, m)}" for p, m in cols]
     cells = pd.DataFrame("-", index=[*methods, "chance"], columns=headers)
     best = pd.DataFrame(False, index=cells.index, columns=headers)
-    for (p, m), h in zip(cols, headers):
+    for (p, m), h in zip(cols, headers, strict=True):
         rows = _rows(summary, p, m).set_index("method")
         for method, r in rows.iterrows():
             if method in cells.index:
@@ -232,9 +234,9 @@ def bench_figure(summary: pd.DataFrame, protocol: str) -> go.Figure:
             means.append(float(hit["mean"].iloc[0]) if len(hit) else None)
             stds.append(float(hit["std"].iloc[0]) if len(hit) else None)
         fig.add_trace(go.Bar(
-            x=labels, y=means, name=method, marker_color=colors[method],
+            x=[plotly_label(lb) for lb in labels], y=means, name=plotly_label(method), marker_color=colors[method],
             error_y=dict(type="data", array=stds, thickness=1.2, width=3, color="#374151"),
-            hovertemplate=f"<b>{method}</b><br>%{{x}}: %{{y:.3f}} ± %{{error_y.array:.3f}}<extra></extra>",
+            hovertemplate=f"<b>{plotly_label(method)}</b><br>%{{x}}: %{{y:.3f}} ± %{{error_y.array:.3f}}<extra></extra>",
         ))
     for i, m in enumerate(metrics):
         c = chance(summary, protocol, "accuracy" if m == "clean" else m)
@@ -278,7 +280,7 @@ def metric_reading(summary: pd.DataFrame, protocol: str, metric: str, *, saturat
     lower = (protocol, metric) in LOWER_IS_BETTER
     c = chance(summary, protocol, metric)
     best = _lead(rows, lower)
-    text = f"best **{best['method']}** ({_fmt(protocol, best['mean'])})"
+    text = f"best **{md(best['method'])}** ({_fmt(protocol, best['mean'])})"
     if len(rows) > 1 and not lower and (rows["mean"] >= saturated).all():
         return f"every method reaches {rows['mean'].min():.2f} or more: saturated, it cannot tell them apart here"
     if len(rows) > 1 and _all_tie(rows):
@@ -286,19 +288,20 @@ def metric_reading(summary: pd.DataFrame, protocol: str, metric: str, *, saturat
     if c is not None and (rows["mean"] <= c + near_chance).all():
         where = "below" if best["mean"] < c - near_chance else "at"
         if len(rows) == 1:
-            return f"**{best['method']}** is {where} chance ({_fmt(protocol, best['mean'])}; chance {c:.2f})"
-        return f"every method is {where} chance ({c:.2f}; best {best['method']} {_fmt(protocol, best['mean'])})"
+            return f"**{md(best['method'])}** is {where} chance ({_fmt(protocol, best['mean'])}; chance {c:.2f})"
+        return f"every method is {where} chance ({c:.2f}; best {md(best['method'])} {_fmt(protocol, best['mean'])})"
     ours, theirs = rows[rows["method"].map(is_manifpt)], rows[~rows["method"].map(is_manifpt)]
     if len(ours) and len(theirs):
         a, b = _lead(ours, lower), _lead(theirs, lower)
         gap = (b["mean"] - a["mean"]) if lower else (a["mean"] - b["mean"])
         spread = max(float(a["std"]), float(b["std"]))
+        ma, mb = md(a["method"]), md(b["method"])
         if abs(gap) <= spread or abs(gap) < 0.005:
-            text += f"; ManiFPT ({a['method']}) and the best baseline ({b['method']}) are within one std of each other"
+            text += f"; ManiFPT ({ma}) and the best baseline ({mb}) are within one std of each other"
         elif gap > 0:
-            text += f"; ManiFPT ({a['method']}) leads the best baseline ({b['method']}) by {abs(gap):.3f}"
+            text += f"; ManiFPT ({ma}) leads the best baseline ({mb}) by {abs(gap):.3f}"
         else:
-            text += f"; ManiFPT's best ({a['method']}, {_fmt(protocol, a['mean'])}) trails {b['method']} by {abs(gap):.3f}"
+            text += f"; ManiFPT's best ({ma}, {_fmt(protocol, a['mean'])}) trails {mb} by {abs(gap):.3f}"
     if c is not None:
         text += f" (chance {c:.2f})"
     return text
@@ -316,9 +319,9 @@ def bench_reading(summary: pd.DataFrame) -> list[str]:
         if not clauses:
             continue
         if len(clauses) == 1:
-            out.append(f"**{title}** ({METRICS.get(clauses[0][0], clauses[0][0])}): {clauses[0][1]}.")
+            out.append(f"**{title}** ({md(METRICS.get(clauses[0][0], clauses[0][0]))}): {clauses[0][1]}.")
         else:
-            out.append(f"**{title}**: " + "; ".join(f"*{METRICS.get(m, m)}*: {t}" for m, t in clauses) + ".")
+            out.append(f"**{title}**: " + "; ".join(f"*{md(METRICS.get(m, m))}*: {t}" for m, t in clauses) + ".")
     wins = _win_count(summary)
     if wins:
         out.append(wins)

@@ -13,8 +13,15 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from app import state  # noqa: E402
+from app.text import md, md_code  # noqa: E402
+from fingerprint_core.workspace import WorkspaceError  # noqa: E402
 
-st.set_page_config(page_title="ManiFPT Studio", page_icon=":material/fingerprint:", layout="wide")
+# The browser tab's icon, an emoji: Streamlit draws it as a data: URL. A ":material/...:" page icon is fetched
+# from fonts.gstatic.com on every page (and without one, each page's own icon below becomes the tab's icon, and
+# is fetched so); the app makes no request outside the machine that serves it. The Material icons inside the
+# page (navigation, buttons, messages) come from the font Streamlit ships.
+PAGE_ICON = "🔍"
+st.set_page_config(page_title="ManiFPT Studio", page_icon=PAGE_ICON, layout="wide")
 
 # One line per page; paths are relative to this file.
 PAGES = [
@@ -35,17 +42,20 @@ def workspace_picker() -> None:
     st.sidebar.markdown("**:material/fingerprint: ManiFPT Studio**")
     if not options:
         st.session_state[state.WORKSPACE_KEY] = None
-        st.sidebar.caption(f"No workspace in `{root}`. Create one with")
+        st.sidebar.caption(f"No workspace in {md_code(root)}. Create one with")
         st.sidebar.code(state.create_command(root), language="bash", wrap_lines=True)
         return
     if st.session_state.get(state.WORKSPACE_KEY) not in options:  # first visit, or it was removed
         st.session_state[state.WORKSPACE_KEY] = options[0]
-    st.sidebar.selectbox(
+    st.sidebar.selectbox(  # a selectbox shows its options as plain text: names need no escaping there
         "Workspace", options, key=state.WORKSPACE_KEY, format_func=lambda p: Path(p).name,
         help="Workspaces are listed from the root folder below; `manifpt fingerprint` creates them.",
     )
-    st.sidebar.caption(f"Root: `{root}`")
+    st.sidebar.caption(f"Root: {md_code(root)}")
 
 
 workspace_picker()
-page.run()
+try:
+    page.run()
+except WorkspaceError as e:  # a damaged entry found while the page read it: say which file and why, keep the app
+    st.error(f"This page cannot be shown: {md(e)}", icon=":material/error:")

@@ -11,6 +11,7 @@ import streamlit as st
 from app import figures_attribution as fat
 from app import state
 from app import state_attribution as sa
+from app.text import md, md_code
 from fingerprint_core.workspace import Workspace, WorkspaceError
 
 UPLOAD_KEY = "attr_upload"
@@ -25,37 +26,31 @@ BADGE = {"known": "blue", "unknown": "orange", "real": "green"}
 
 
 def train_here(path: str) -> None:
-    """Train the workspace's attributors inside an st.status (progress per epoch), then rerun the page."""
-    from fingerprint_core.attribution import train
+    """The "Train here" button: `manifpt train` as a background job, followed on the page (which then reruns)."""
+    from app import jobs_view
 
-    with st.status("Training the attributors…", expanded=True) as status:
-        bar = st.progress(0.0, text="loading the artifacts")
+    jobs_view.panel(path, "train", what="Training the attributors", label="Train here",
+                    icon=":material/model_training:", key="attr_train",
+                    help="Runs the same training in the background: every space the workspace has, at most 20 "
+                         "epochs each. Minutes on a small workspace; on a CPU the demo takes the better part of an "
+                         "hour. It goes on if you leave the page, and this page follows it when you come back.")
 
-        def on_epoch(kind: str, row: dict) -> None:
-            bar.progress(min(row["epoch"] / row["epochs"], 1.0),
-                         text=f"{kind}: epoch {row['epoch']} of at most {row['epochs']} · validation accuracy "
-                              f"(model) {row['val_acc']['model']:.3f}")
 
-        try:
-            train.train(path, on_epoch=on_epoch, log=st.write)
-        except (WorkspaceError, ValueError, OSError) as e:
-            status.update(label="Training failed", state="error")
-            st.error(f"Training the attributors of `{Path(path).name}` failed: {e}", icon=":material/error:")
-            return
-        status.update(label="Attributors trained", state="complete", expanded=False)
-    st.rerun()
+def announce_training(path: str) -> None:
+    """Above the uploader: a training job that still runs (the attributors it finished already answer), or once
+    after this session followed it to its end, that it finished."""
+    from app import jobs_view
+
+    jobs_view.announce(path, "train", "The attributors are trained", what="Training the attributors")
 
 
 def no_attributor(path: str) -> None:
     """Say that the workspace has no trained attributor, how to train one, and stop the page."""
-    st.info(f"The workspace **{Path(path).name}** has no trained attributor yet, so it cannot attribute images. "
+    st.info(f"The workspace **{md(Path(path).name)}** has no trained attributor yet, so it cannot attribute images. "
             "Train one (a network per space that reads artifacts, plus the open-set rule) with:",
             icon=":material/info:")
     st.code(sa.train_command(path), language="bash")
-    if st.button("Train here", icon=":material/model_training:", key="attr_train",
-                 help="Runs the same training in this app: every space the workspace has, at most 20 epochs each. "
-                      "Minutes on a small workspace; on a CPU the demo takes the better part of an hour."):
-        train_here(path)
+    train_here(path)
     st.stop()
 
 
@@ -71,7 +66,7 @@ def header(ws: Workspace, kind: str, entry: dict) -> None:
     st.caption(
         f"Which model made these images? Each image is converted to this workspace's shape, its nearest real image "
         f"is found in each space and its artifact (image minus nearest real) read by the **{kind}** attributor of "
-        f"**{ws.path.name}**{acc}. The verdict is *unknown* when the open-set score "
+        f"**{md(ws.path.name)}**{acc}. The verdict is *unknown* when the open-set score "
         f"({open_set.get('score', 'mahalanobis')} distance of the attributor's features to the nearest known class) "
         f"is above {open_set.get('threshold', float('nan')):.3g}, which {open_set.get('accept', 0.95):.0%} of known "
         "validation images stay under."
@@ -100,7 +95,7 @@ def load_attributor(path: str, stamp: str):
         with st.spinner("Loading the attributor, its encoders and the reference images (once per workspace)…"):
             return sa.attributor(path, stamp)
     except (WorkspaceError, ValueError, OSError) as e:
-        st.error(f"The attributor of **{Path(path).name}** cannot be loaded: {e}", icon=":material/error:")
+        st.error(f"The attributor of **{md(Path(path).name)}** cannot be loaded: {md(e)}", icon=":material/error:")
         st.stop()
 
 
@@ -129,7 +124,7 @@ def errors_section(errors: list[tuple[str, str]]) -> None:
         return
     if len(errors) <= ERRORS_SHOWN:
         for file, reason in errors:
-            st.error(f"**{file}**: {reason}", icon=":material/block:")
+            st.error(f"**{md(file)}**: {md(reason)}", icon=":material/block:")
         return
     st.error(f"{len(errors)} files could not be attributed; each is listed below with the reason.",
              icon=":material/block:")
@@ -142,7 +137,7 @@ def summary_section(ws: Workspace, table: pd.DataFrame, n_errors: int) -> None:
     counts = fat.verdict_counts(table)
     cols = st.columns(5)
     cols[0].metric("attributed", len(table))
-    for col, v in zip(cols[1:4], fat.VERDICTS):
+    for col, v in zip(cols[1:4], fat.VERDICTS, strict=True):
         col.metric(v, counts[v])
     cols[4].metric("not attributed", n_errors)
     left, right = st.columns([3, 1], vertical_alignment="bottom")
@@ -162,7 +157,7 @@ def map_section(path: str, stamp: str, record: dict, cards: list[sa.Card], file_
     analysis = state.analysis_of(path, stamp)
     if analysis is None:
         st.info("Placing the uploads on the fingerprint map needs the workspace's analysis, which it does not have "
-                f"yet (or it is out of date). Compute it with `{state.analyze_command(path)}` or on the "
+                f"yet (or it is out of date). Compute it with {md_code(state.analyze_command(path))} or on the "
                 "Fingerprint map page.", icon=":material/info:")
         return
     spaces = [s for s in analysis.spaces if s in attributor.spaces]
@@ -180,7 +175,7 @@ def map_section(path: str, stamp: str, record: dict, cards: list[sa.Card], file_
                 neighbours = sa.nearest_rows(sa.upload_artifacts(attributor, cards, space),
                                              sa.map_artifacts(path, stamp, space))
         except (OSError, ValueError, KeyError) as e:  # a damaged workspace entry: say so, keep the rest of the page
-            st.warning(f"The uploads cannot be placed on the {space} map: {e}", icon=":material/warning:")
+            st.warning(f"The uploads cannot be placed on the {space} map: {md(e)}", icon=":material/warning:")
             return
         record["placed"][memo_key] = sa.place_on_map(neighbours, frame[["x", "y"]].to_numpy())
     xy = record["placed"][memo_key]
@@ -205,20 +200,20 @@ def image_tiles(ws: Workspace, c: sa.Card) -> None:
     art, half = fat.artifact_tile(c.converted, nearest)
     tiles = [(fat.pixel_tile(c.thumbnail), "upload"), (fat.pixel_tile(fat.chw_to_hwc(nearest)), f"nearest real ({space})"),
              (art, f"artifact x − x* (±{half:.2g})")]
-    for col, (image, caption) in zip(st.columns(3, gap="small"), tiles):
+    for col, (image, caption) in zip(st.columns(3, gap="small"), tiles, strict=True):
         col.image(image, caption=caption, width="stretch")
 
 
 def design_lines(c: sa.Card) -> str:
     """The predicted design choices with their probabilities, one per line (markdown)."""
-    return "  \n".join(f"{head}: **{v['value']}** ({v['p']:.2f})" for head, v in c.result.design.items())
+    return "  \n".join(f"{md(head)}: **{md(v['value'])}** ({v['p']:.2f})" for head, v in c.result.design.items())
 
 
 def card(ws: Workspace, c: sa.Card, n: int, rule) -> None:
     """Everything about one image in a bordered box."""
     r = c.result
     with st.container(border=True):
-        st.markdown(f"**{n}. {r.file}** &nbsp; :{BADGE.get(r.verdict, 'gray')}-badge[{r.verdict}]")
+        st.markdown(f"**{n}. {md(r.file)}** &nbsp; :{BADGE.get(r.verdict, 'gray')}-badge[{r.verdict}]")
         st.caption(fat.verdict_line(r.verdict, r.open_set_score, rule.threshold, r.top[0]["model"], rule.accept))
         if c.domain_gap:
             st.warning(c.domain_gap, icon=":material/warning:")
@@ -231,7 +226,7 @@ def card(ws: Workspace, c: sa.Card, n: int, rule) -> None:
             st.markdown("**Design choices**")
             st.markdown(design_lines(c) or "none in this workspace")
         if c.notes:
-            st.caption("Converted: " + "; ".join(c.notes) + ".")
+            st.caption("Converted: " + "; ".join(md(n) for n in c.notes) + ".")
 
 
 def cards_section(ws: Workspace, cards: list[sa.Card], rule) -> None:
@@ -264,6 +259,7 @@ def main() -> None:
         no_attributor(path)
     kind, entry = found
     header(ws, kind, entry)
+    announce_training(path)
     padded_from = (28, 28) if ws.config.get("real_origin") == "fashion-mnist" else None  # as predict.Attributor
     files = st.file_uploader(
         "Drop images or a zip archive", type=TYPES, accept_multiple_files=True, key=UPLOAD_KEY,

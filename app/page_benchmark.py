@@ -11,6 +11,7 @@ import streamlit as st
 from app import figures_attribution as fat
 from app import state
 from app import state_attribution as sa
+from app.text import md, md_code
 from fingerprint_core.workspace import Workspace
 
 BEST_STYLE = "background-color: #DBEAFE; font-weight: 600"
@@ -20,9 +21,9 @@ CHANCE_STYLE = "color: #6B7280; font-style: italic"
 def no_results(ws: Workspace, path: str, root: Path) -> None:
     """Say where the page looks, how to make a benchmark and roughly how long it takes; stop the page."""
     st.info(
-        f"No benchmark results for **{ws.path.name}** yet. The page reads the `results.json` that "
-        f"`manifpt bench` writes, from `{sa.bench_dir(path)}` first, then from any folder beside the workspace "
-        f"or up to two levels under the root `{root}`. Make one with:", icon=":material/info:",
+        f"No benchmark results for **{md(ws.path.name)}** yet. The page reads the `results.json` that "
+        f"`manifpt bench` writes, from {md_code(sa.bench_dir(path))} first, then from any folder beside the "
+        f"workspace or up to two levels under the root {md_code(root)}. Make one with:", icon=":material/info:",
     )
     st.code(sa.bench_command(path), language="bash", wrap_lines=True)
     st.caption(sa.bench_estimate(ws) + " The run is resumable: stop it and rerun the same command to go on. "
@@ -41,7 +42,7 @@ def pick_run(runs: list[str], root: Path) -> str:
         where = p.relative_to(root.resolve()) if p.is_relative_to(root.resolve()) else p
         return f"{where} · {sa.modified(run)}"
 
-    return st.selectbox("Results", runs, format_func=label, key="bench_run",
+    return st.selectbox("Results", runs, format_func=label, key="bench_run",  # options are plain text
                         help="Folders holding a results.json, this workspace's first.")
 
 
@@ -51,29 +52,31 @@ def run_caption(doc: dict, run: str, ws: Workspace) -> None:
 
     s = doc.get("settings", {})
     seeds = ", ".join(map(str, s.get("training_seeds", []))) or "?"
-    subset = f" · {s['train_per_model']} training samples per model" if s.get("train_per_model") else ""
-    epochs = f" · at most {s['max_epochs']} epochs" if s.get("max_epochs") else ""
+    subset = f" · {md(s['train_per_model'])} training samples per model" if s.get("train_per_model") else ""
+    epochs = f" · at most {md(s['max_epochs'])} epochs" if s.get("max_epochs") else ""
     planned, done = planned_methods(doc), set(r["method"] for r in doc.get("summary", []))
+    made_from = Path(str(doc.get("workspace", "")))
     st.caption(
-        f"`{run}` · workspace `{Path(doc.get('workspace', '?')).name}` · {len(planned)} methods · split seed "
-        f"{s.get('split_seed', '?')}, training seeds {seeds}{subset}{epochs} · written {sa.modified(run)} · "
+        f"{md_code(run)} · workspace {md_code(made_from.name or '?')} · {len(planned)} methods · split seed "
+        f"{md(s.get('split_seed', '?'))}, training seeds {md(seeds)}{subset}{epochs} · written {sa.modified(run)} · "
         f"compute time {sa.duration(sa.bench_seconds(doc))}"
     )
     if len(done) < len(planned):  # results.json is rewritten after each method: a run in progress, or stopped
-        st.info(f"{len(done)} of {len(planned)} methods finished so far ({', '.join(m for m in planned if m not in done)} "
+        to_come = ", ".join(md(m) for m in planned if m not in done)
+        st.info(f"{len(done)} of {len(planned)} methods finished so far ({to_come} "
                 "to come): the run is still going, or was stopped; rerun the same command to go on.",
                 icon=":material/hourglass_top:")
-    made_from = Path(doc.get("workspace", "")).resolve()
+    made_from = made_from.resolve()
     if made_from != ws.path.resolve():
-        st.info(f"These results are of the workspace `{made_from}`, not of **{ws.path.name}** chosen in the sidebar.",
-                icon=":material/info:")
+        st.info(f"These results are of the workspace {md_code(made_from)}, not of **{md(ws.path.name)}** chosen in "
+                "the sidebar.", icon=":material/info:")
     elif doc.get("workspace_key") != bench.workspace_key(ws):
         st.warning("The workspace changed since this benchmark ran (images, artifacts or design table): the numbers "
-                   f"may be out of date. Rerun `{sa.bench_command(str(ws.path))}`; parts whose inputs did not change "
-                   "are reused.", icon=":material/update:")
+                   f"may be out of date. Rerun {md_code(sa.bench_command(str(ws.path)))}; parts whose inputs did not "
+                   "change are reused.", icon=":material/update:")
     skipped = {**doc.get("skipped_methods", {}), **doc.get("skipped_protocols", {})}
     for name, why in skipped.items():
-        st.caption(f":material/block: **{name}** not run: {why}")
+        st.caption(f":material/block: **{md(name)}** not run: {md(why)}")
 
 
 def planned_methods(doc: dict) -> list[str]:
@@ -105,7 +108,7 @@ def charts_section(summary: pd.DataFrame) -> None:
     protocols = [p for p in fat.PROTOCOLS if fat.metrics_of(summary, p)]
     for i in range(0, len(protocols), 2):
         cols = st.columns(2, gap="large")
-        for col, p in zip(cols, protocols[i:i + 2]):
+        for col, p in zip(cols, protocols[i:i + 2], strict=False):  # the last row may hold one
             col.plotly_chart(fat.bench_figure(summary, p), width="stretch", key=f"bench_{p}",
                              config={"displaylogo": False})
     st.caption("Bars: mean; whiskers: ± one std; dashed: chance. ManiFPT's attributors in blue, the baselines in "
@@ -126,7 +129,7 @@ def main() -> None:
     try:
         doc = sa.bench_results(run)
     except (OSError, ValueError) as e:
-        st.error(f"`{Path(run) / sa.RESULTS}` cannot be read: {e}", icon=":material/error:")
+        st.error(f"{md_code(Path(run) / sa.RESULTS)} cannot be read: {md(e)}", icon=":material/error:")
         st.stop()
     summary = pd.DataFrame(doc["summary"], columns=["method", "protocol", "metric", "mean", "std", "n", "over"])
     run_caption(doc, run, ws)
@@ -139,7 +142,7 @@ def main() -> None:
     table_section(summary)
     charts_section(summary)
     with st.expander("Notes on the protocols and settings"):
-        st.markdown("\n".join(f"- {n}" for n in doc.get("notes", [])))
+        st.markdown("\n".join(f"- {md(n)}" for n in doc.get("notes", [])))
     csv = Path(run) / "results.csv"
     if csv.is_file():
         st.download_button("Download results.csv", data=csv.read_bytes(), file_name=f"{ws.path.name}-bench.csv",

@@ -67,7 +67,7 @@ def selection_panel(path: str, stamp: str, space: str, frame, rows: np.ndarray) 
         k = min(GRID_MAX, len(rows))
         shown = st.slider("Samples shown", 1, k, min(8, k), key="map_k") if k > 1 else 1
         pick = np.sort(np.random.default_rng(0).choice(rows, size=shown, replace=False))  # a seeded draw
-        picks = tuple((str(m), int(i)) for m, i in zip(frame["model"].to_numpy()[pick], frame["index"].to_numpy()[pick]))
+        picks = tuple((str(m), int(i)) for m, i in zip(frame["model"].to_numpy()[pick], frame["index"].to_numpy()[pick], strict=True))
         draw = state.selected_samples(path, stamp, picks, space)
         fig = figures.sample_grid(draw.samples, draw.nearest, draw.artifacts.get("rgb"), draw.artifacts.get("freq"),
                                   labels=list(draw.details["row"]), nearest_space=space)

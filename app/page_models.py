@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+
 import streamlit as st
 
 from app import figures, state
 from app.state import IMAGE_SPACES
+from app.text import md, md_code
 from fingerprint_core.workspace import Workspace
 
 GRID_MAX = 16  # samples in the grid at most: the figure stays small and quick
@@ -17,9 +20,9 @@ def header(ws: Workspace) -> None:
     shape = "×".join(map(str, cfg.get("image_shape", []))) or "?"
     st.title("Models")
     st.caption(
-        f"Workspace **{ws.path.name}** · images {shape} (C×H×W) · real: {real.get('n_reference', 0)} reference "
+        f"Workspace **{md(ws.path.name)}** · images {shape} (C×H×W) · real: {real.get('n_reference', 0)} reference "
         f"+ {real.get('n_heldout', 0)} held out · spaces {', '.join(ws.space_names()) or 'none'} · "
-        f"updated {ws.manifest.get('updated', '?')}"
+        f"updated {md(ws.manifest.get('updated', '?'))}"
     )
 
 
@@ -61,10 +64,10 @@ def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
         return
     spaces = [s for s in ws.space_names() if s in IMAGE_SPACES]
     c_model, c_k, c_seed, c_shuffle, c_space = st.columns([3, 3, 1.6, 1.6, 2.2], vertical_alignment="bottom")
-    model = c_model.selectbox("Model", models, format_func=state.model_label, key=f"model@{path}")
+    model = c_model.selectbox("Model", models, format_func=state.model_label, key=f"model@{path}")  # plain text
     n = ws.n_images(model)
     if n == 0:
-        st.warning(f"`{model}` has no readable samples (see the skipped files above).")
+        st.warning(f"{md_code(model)} has no readable samples (see the skipped files above).")
         return
     cap = min(GRID_MAX, n)
     k = c_k.slider("Samples", 1, cap, min(8, cap), key="models_k") if cap > 1 else 1
@@ -80,13 +83,14 @@ def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
         help="x* is searched separately in each space, so the nearest real image can differ.",
     )
     if not ws.has(model, nearest_space):
-        st.warning(f"`{model}` has no {nearest_space} fingerprint in this workspace.")
+        st.warning(f"{md_code(model)} has no {nearest_space} fingerprint in this workspace.")
         return
     draw = state.sample_set(path, stamp, model, int(k), int(seed), nearest_space)
     for s in IMAGE_SPACES:
         if s not in draw.artifacts:
-            st.info(f"No {s.upper()} fingerprint for `{model}` in this workspace; that column stays empty. "
-                    f"Add it with `manifpt fingerprint DATA_ROOT -w {ws.path} --spaces rgb,freq`.")
+            command = f"manifpt fingerprint DATA_ROOT -w {shlex.quote(str(ws.path))} --spaces rgb,freq"
+            st.info(f"No {s.upper()} fingerprint for {md_code(model)} in this workspace; that column stays empty. "
+                    f"Add it with {md_code(command)}.")
     fig = figures.sample_grid(
         draw.samples, draw.nearest, draw.artifacts.get("rgb"), draw.artifacts.get("freq"),
         labels=list(draw.details["sample"]), nearest_space=nearest_space,
@@ -96,7 +100,7 @@ def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
         st.plotly_chart(fig, width="content", key="models_grid", config={"displaylogo": False})
         details = st.container(width="stretch")
     with details:
-        st.markdown(f"**{state.model_label(model)}**: {k} of {n} samples, seed {seed}")
+        st.markdown(f"**{md(state.model_label(model))}**: {k} of {n} samples, seed {seed}")
         config = {"file": st.column_config.TextColumn("file", width="medium")}
         for c in draw.details.columns:
             if c.startswith("x* "):

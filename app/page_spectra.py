@@ -7,6 +7,7 @@ import streamlit as st
 
 from app import figures_analysis, state
 from app.figures_analysis import REAL
+from app.text import md, md_code
 
 KINDS = {"artifacts": "artifact", "samples": "sample"}  # what is shown -> ModelSpectra field
 MODES = ("spectrum", "difference from the real control")
@@ -47,7 +48,7 @@ def by_level(design, models: list[str], factor: str) -> list[tuple[str, list[str
 def grid_section(spectra, design, models, kind, diff, factor) -> None:
     """Heatmaps, one row per level of the factor; the real control on its own row when absolute."""
     versus = ", minus the real control's" if diff else ""
-    st.subheader(f"Mean log power spectra of the {kind}{versus}, by {factor}")
+    st.subheader(f"Mean log power spectra of the {kind}{versus}, by {md(factor)}")
     rows = [(lv, [(m, field_of(spectra, m, kind, diff)) for m in ms]) for lv, ms in by_level(design, models, factor)]
     if not diff:
         rows.insert(0, ("real control", [(REAL, field_of(spectra, REAL, kind, False))]))
@@ -92,7 +93,8 @@ def main() -> None:
     path, stamp, analysis = state.analysis_page("Spectra")
     if not analysis.has_spectra or REAL not in analysis.models:
         st.info("Spectra need the rgb space and the held-out real images (the real control). Fingerprint the "
-                f"workspace in rgb, then rerun the analysis: `{state.analyze_command(path)}`.", icon=":material/info:")
+                f"workspace in rgb, then rerun the analysis: {md_code(state.analyze_command(path))}.",
+                icon=":material/info:")
         st.stop()
     st.caption("Per model, the mean log power spectrum (fft2, shifted so the zero frequency sits at the centre) of "
                "its RGB artifacts or of its samples, averaged over all its samples and colour channels. The real "

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from app.text import md, md_code
 from fingerprint_core.workspace import MANIFEST, REAL, Workspace, WorkspaceError, default_root, discover
 
 if TYPE_CHECKING:  # the analysis pulls in sklearn and torch: imported when a page first needs it
@@ -83,7 +84,7 @@ def require_workspace() -> Workspace:
     if path is None:
         root = workspace_root()
         st.info(
-            f"No workspace yet in `{root}`. A workspace holds the fingerprints of a GM dataset "
+            f"No workspace yet in {md_code(root)}. A workspace holds the fingerprints of a GM dataset "
             "(a folder with `real/`, `models/<name>/` and `models.csv`). Create one with:",
             icon=":material/info:",
         )
@@ -93,7 +94,7 @@ def require_workspace() -> Workspace:
     try:
         return open_workspace(path)
     except WorkspaceError as e:
-        st.error(f"The workspace `{Path(path).name}` cannot be opened: {e}", icon=":material/error:")
+        st.error(f"The workspace {md_code(Path(path).name)} cannot be opened: {md(e)}", icon=":material/error:")
         st.stop()
 
 
@@ -180,42 +181,14 @@ def analysis_of(path: str, stamp: str) -> Analysis | None:
     return _analysis(path, stamp)[1]
 
 
-class StatusProgress:
-    """Progress of a run shown as a bar inside an st.status container (the pipeline's Progress interface)."""
+def run_analysis(path: str, *, force: bool = False) -> None:
+    """The "Run the analysis here" button: `manifpt analyze` as a background job, followed on the page."""
+    from app import jobs_view
 
-    def __init__(self) -> None:
-        self.bar, self.total, self.done = None, 1, 0
-
-    def task(self, desc: str, total: int) -> "StatusProgress":
-        self.total, self.done = max(total, 1), 0
-        self.bar = st.progress(0.0, text=desc)
-        return self
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        if self.bar is not None:
-            self.bar.progress(min(self.done / self.total, 1.0), text=f"step {self.done} of {self.total}")
-
-    def close(self) -> None:
-        pass
-
-    def log(self, message: str) -> None:
-        st.write(message)
-
-
-def run_analysis(path: str) -> None:
-    """Run `manifpt analyze` on the workspace inside an st.status, then rerun the page (errors are shown)."""
-    from fingerprint_core.analysis.run import analyze
-
-    with st.status("Analysing the workspace: fingerprint maps, spectra, design metrics…", expanded=True) as status:
-        try:
-            analyze(Workspace.open(path), progress=StatusProgress())
-        except (WorkspaceError, OSError, ValueError, KeyError) as e:
-            status.update(label="The analysis failed", state="error")
-            st.error(f"The analysis of `{Path(path).name}` failed: {e}", icon=":material/error:")
-            return
-        status.update(label="Analysis done", state="complete", expanded=False)
-    st.rerun()
+    jobs_view.panel(path, "analyze", what="The analysis", label="Run the analysis here", key="run_analysis",
+                    args=("--force",) if force else (), icon=":material/play_arrow:",
+                    help="Runs the same computation in the background; it can take minutes on a large workspace. "
+                         "It goes on if you leave the page, and this page follows it when you come back.")
 
 
 def require_analysis(path: str, stamp: str) -> Analysis:
@@ -223,7 +196,7 @@ def require_analysis(path: str, stamp: str) -> Analysis:
     found, analysis = _analysis(path, stamp)
     if analysis is not None:
         return analysis
-    name = Path(path).name
+    name = md(Path(path).name)
     if found == "missing":
         st.info(f"The workspace **{name}** has no analysis yet: the fingerprint map (UMAP), the spectra and "
                 "the design-choice metrics are computed once and kept in the workspace. Compute them with:",
@@ -232,12 +205,10 @@ def require_analysis(path: str, stamp: str) -> Analysis:
         st.warning(f"The analysis of **{name}** is out of date: the fingerprints or the design table changed "
                    "since it ran. Refresh it with:", icon=":material/update:")
     else:
-        st.error(f"The analysis of **{name}** cannot be read ({found.removeprefix('unreadable: ')}). "
+        st.error(f"The analysis of **{name}** cannot be read ({md(found.removeprefix('unreadable: '))}). "
                  "Recompute it with:", icon=":material/error:")
     st.code(analyze_command(path) + ("" if found in ("missing", "stale") else " --force"), language="bash")
-    if st.button("Run the analysis here", icon=":material/play_arrow:", key="run_analysis",
-                 help="Runs the same computation in this app; it can take minutes on a large workspace."):
-        run_analysis(path)
+    run_analysis(path, force=found not in ("missing", "stale"))
     st.stop()
 
 
@@ -248,7 +219,11 @@ def analysis_page(title: str) -> tuple[str, str, Analysis]:
     path = current_path()
     stamp_now = stamp(path)
     st.title(title)
-    return path, stamp_now, require_analysis(path, stamp_now)
+    analysis = require_analysis(path, stamp_now)
+    from app import jobs_view
+
+    jobs_view.announce(path, "analyze", "The analysis finished", what="The analysis")
+    return path, stamp_now, analysis
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -147,7 +147,7 @@ def attribute_files(
                 continue
             pending.append((file_id, up, x, (*up.notes, *notes)))
     answers = attributor.attribute_array(np.stack([p[2] for p in pending]), top=top) if pending else []
-    for (file_id, up, x, notes), answer in zip(pending, answers):
+    for (file_id, up, x, notes), answer in zip(pending, answers, strict=True):
         status = "ok" if not notes else "warning: " + "; ".join(notes)
         result = predict.Result(file=up.name, status=status, **answer)
         gap = domain_gap(up.array, attributor.shape, attributor.padded_from)

@@ -70,3 +70,49 @@ def add_model(root: Path, name: str, design: tuple[str, str, str, str], images: 
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(target / f"{i:03d}.png")
     with open(root / "models.csv", "a") as f:
         f.write(",".join((name, *design)) + "\n")
+
+
+# A dataset with known structure: each upsampling level leaves its own faint periodic trace, under
+# per-sample content (blobs) that dominates the raw artifacts; normalization leaves none.
+TRACES = ("transposed_conv", "nearest_conv", "bilinear_conv", "pixel_shuffle")
+NORMS = ("batch", "spectral", "none")
+
+
+def _trace(level: str, size: int) -> np.ndarray:
+    y, x = np.indices((size, size))
+    pattern = {"transposed_conv": (x + y) % 2, "nearest_conv": (y // 2) % 2, "bilinear_conv": (x // 4) % 2,
+               "pixel_shuffle": x % 2}[level]
+    return (pattern * 2 - 1).astype(np.float32)
+
+
+def make_design_dataset(folder: Path, *, size: int = 16, n_real: int = 400, n_per_model: int = 60, seeds: int = 2,
+                        trace: float = 7.0, model_offset: float = 4.0, seed: int = 0, shuffle_designs: bool = False) -> Path:
+    """12 designs (4 upsampling x 3 normalization, GANs), each trained `seeds` times: a model's samples
+    are blobs + its upsampling trace (amplitude `trace` in 0-255 units) + a faint pattern of its own.
+    With shuffle_designs the models.csv rows are permuted among designs (the traces stay): no design
+    label then means anything."""
+    rng = np.random.default_rng(seed)
+    (folder / "real").mkdir(parents=True)
+    np.savez_compressed(folder / "real" / "real.npz", images=blob_images(n_real, size, 1, rng)[..., 0])
+    designs = [(u, n) for u in TRACES for n in NORMS]
+    rows = []
+    for d, (up, norm) in enumerate(designs):
+        for s in range(seeds):
+            name = f"m{d:02d}-s{s}"  # the name says nothing of the design
+            x = blob_images(n_per_model, size, 1, rng).astype(np.float32)[..., 0]
+            own = rng.normal(0, 1, (size, size)).astype(np.float32)
+            x += trace * _trace(up, size)[None] + model_offset * own[None]
+            add_images = np.clip(x, 0, 255).round().astype(np.uint8)[..., None]
+            target = folder / "models" / name
+            target.mkdir(parents=True)
+            for i, img in enumerate(add_images):
+                Image.fromarray(img[..., 0]).save(target / f"{i:03d}.png")
+            rows.append({"model": name, "family": "gan", "upsampling": up, "loss": "hinge", "normalization": norm, "seed": s})
+    table = pd.DataFrame(rows)
+    if shuffle_designs:  # permute whole designs (twins stay twins), so labels carry no information
+        order = rng.permutation(len(designs))
+        per_design = {designs[i]: designs[order[i]] for i in range(len(designs))}
+        pairs = zip(table["upsampling"], table["normalization"], strict=True)
+        table[["upsampling", "normalization"]] = [per_design[p] for p in pairs]
+    table.to_csv(folder / "models.csv", index=False)
+    return folder

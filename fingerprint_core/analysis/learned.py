@@ -1,0 +1,214 @@
+"""The learned level of a fingerprint: the penultimate features of a design-blind attributor.
+
+Per space, the existing attributor network (compact ResNet for RGB/FREQ, MLP for SL/SSL) is trained
+with a model head only: every generated model and "real" are the classes, and nothing here ever
+reads the design table (a test relabels the designs and gets bit-identical weights). Maps and
+metrics use the features of the attribution split's test samples, which it never trained on.
+
+Each space's attributor and its test features are one workspace entry (learned/<space>-<key>), with
+the manifest's "learned" record; the demo ships the weights (assets/demo/learned), installed when
+the workspace's artifacts are the ones they were trained on, so the demo needs no training.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fingerprint_core.attribution import split as split_mod
+from fingerprint_core.attribution.manifpt import ManiFPT
+from fingerprint_core.attribution.method import Inputs
+from fingerprint_core.pipeline import Progress
+from fingerprint_core.workspace import Workspace, key_of
+
+VERSION = "learned-v1"
+KEY = "learned"  # the manifest's record: {space: {key, dir, artifacts, val_accuracy, test_accuracy, seconds}}
+FEATURES = "features.npy"  # float32 N x 128: penultimate features of the test samples
+ROWS = "rows.parquet"  # model, index of every feature row
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    """Every choice that changes the learned fingerprints (part of their key)."""
+
+    epochs: int = 8
+    train_per_model: int = 600  # a seeded subset of each model's training split (a CPU budget)
+    val_per_model: int = 150
+    seed: int = 0
+
+
+def models_of(ws: Workspace, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The classes: every model with fingerprints and the held-out real images, in workspace order."""
+    return [m for m in ws.model_names(include_real=True) if m not in exclude]
+
+
+def artifacts_key(ws: Workspace, space: str, models: list[str]) -> str:
+    """What the learned fingerprints of a space are made from: each model's artifact entry."""
+    return key_of({m: ws.manifest["models"][m]["spaces"][space]["key"] for m in models})
+
+
+def entry_key(ws: Workspace, space: str, s: LearnedSettings, exclude: tuple[str, ...] = ()) -> str:
+    models = models_of(ws, exclude)
+    return key_of(VERSION, space, artifacts_key(ws, space, models), models, asdict(s), sorted(exclude))
+
+
+def split_rows(ws: Workspace, s: LearnedSettings, models: list[str]) -> dict[str, pd.DataFrame]:
+    """train / val / test rows (model, index) of the attribution split (stratified by model only), the
+    training and validation parts cut to seeded subsets per model."""
+    table = split_mod.workspace_split(ws, seed=0)
+    table = table[table["model"].isin(models)]
+    rng = np.random.default_rng(s.seed)
+    out = {}
+    for part, cap in (("train", s.train_per_model), ("val", s.val_per_model), ("test", 0)):
+        rows = table[table["part"] == part]
+        if cap > 0:
+            keep = [g.iloc[np.sort(rng.permutation(len(g))[:cap])] for _, g in rows.groupby("model", sort=False)]
+            rows = pd.concat(keep) if keep else rows
+        out[part] = rows[["model", "index"]].reset_index(drop=True)
+    return out
+
+
+def _model_targets(rows: pd.DataFrame, models: list[str]) -> dict[str, np.ndarray]:
+    lookup = {m: i for i, m in enumerate(models)}
+    return {"model": rows["model"].map(lookup).to_numpy(np.int64)}
+
+
+def train_design_blind(ws: Workspace, space: str, s: LearnedSettings, *, device: str = "auto",
+                       exclude: tuple[str, ...] = (), on_epoch=None) -> tuple[ManiFPT, dict[str, pd.DataFrame]]:
+    """The design-blind attributor of one space (model head only), trained without the excluded models."""
+    models = models_of(ws, exclude)
+    rows = split_rows(ws, s, models)
+    data = {p: split_mod.load_inputs(ws, r, (space,)) for p, r in rows.items() if p != "test"}
+    shape = tuple(ws.config.get("image_shape") or ()) or None
+    method = ManiFPT(space, epochs=s.epochs, image_shape=shape, progress=on_epoch)
+    method.fit(data["train"], _model_targets(rows["train"], models), data["val"], _model_targets(rows["val"], models),
+               classes={"model": models}, seed=s.seed, device=device)
+    return method, rows
+
+
+def features_of(ws: Workspace, method: ManiFPT, rows: pd.DataFrame) -> np.ndarray:
+    """float32 penultimate features of the rows' artifacts."""
+    x: Inputs = split_mod.load_inputs(ws, rows, method.needs)
+    return method.features(x)
+
+
+def compute(ws: Workspace, space: str, s: LearnedSettings, *, device: str = "auto", progress: Progress | None = None) -> dict:
+    """Train the design-blind attributor of a space, take its test features, write the entry; returns its record."""
+    progress = progress or Progress()
+    t0 = time.perf_counter()
+    bar = progress.task(f"learned fingerprints ({space}): training", s.epochs)
+    method, rows = train_design_blind(ws, space, s, device=device, on_epoch=lambda row: bar.update(1))
+    bar.close()
+    return _store(ws, space, s, method, rows["test"], time.perf_counter() - t0)
+
+
+def _store(ws: Workspace, space: str, s: LearnedSettings, method: ManiFPT, test: pd.DataFrame, seconds: float) -> dict:
+    models = models_of(ws)
+    feats = features_of(ws, method, test)
+    with tempfile.TemporaryDirectory() as tmp:
+        method.save(Path(tmp))
+        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+    history = method.history_ or [{}]
+    z = method.logits(split_mod.load_inputs(ws, test, method.needs))["model"]
+    record = {"key": entry_key(ws, space, s), "artifacts": artifacts_key(ws, space, models),
+              "settings": asdict(s), "val_accuracy": float(max(h.get("val_acc", {}).get("model", float("nan")) for h in history)),
+              "test_accuracy": float(np.mean(z.argmax(1) == _model_targets(test, models)["model"])) if len(test) else float("nan"),
+              "n_test": len(test), "seconds": round(seconds, 1)}
+    record["dir"] = ws.write_entry(f"learned/{space}-{record['key']}", {FEATURES: feats.astype(np.float32)},
+                                   {ROWS: test}, files, meta={"record": record})
+    return record
+
+
+def install_record(ws: Workspace, space: str, record: dict) -> None:
+    """Name an entry in the manifest (under the writer lock; the caller commits)."""
+    ws.manifest.setdefault(KEY, {})[space] = record
+
+
+def current(ws: Workspace, space: str, s: LearnedSettings) -> dict | None:
+    """The learned record of a space when it is up to date and intact (adopting an entry left by a lost manifest)."""
+    if not all(ws.has(m, space) for m in models_of(ws)):
+        return None
+    key = entry_key(ws, space, s)
+    have = (ws.manifest.get(KEY) or {}).get(space) or {}
+    rel = f"learned/{space}-{key}"
+    if not ws.intact(rel):
+        return None
+    if have.get("key") == key:
+        return have
+    meta = ws.entry_meta(rel).get("record")
+    return {**meta, "dir": rel} if meta else None
+
+
+def ensure(ws: Workspace, spaces: list[str], s: LearnedSettings, *, device: str = "auto",
+           progress: Progress | None = None, wait_s: float = 3600.0) -> dict[str, dict]:
+    """The up-to-date learned record of every space, training what is missing; each space is committed
+    as soon as it is done (resumable)."""
+    out = {}
+    for space in spaces:
+        record = current(ws, space, s)
+        if record is None:
+            record = compute(ws, space, s, device=device, progress=progress)
+        if (ws.manifest.get(KEY) or {}).get(space) != record:
+            with ws.writing(wait_s=wait_s):  # reloads what another writer committed meanwhile
+                install_record(ws, space, record)
+                ws.commit()
+        out[space] = record
+    return out
+
+
+def load(ws: Workspace, record: dict) -> tuple[np.ndarray, pd.DataFrame]:
+    """(float32 features, rows: model, index) of a learned record."""
+    return np.asarray(ws._npy(record["dir"], FEATURES), dtype=np.float32), ws._parquet(f"{record['dir']}/{ROWS}")
+
+
+def attributor(ws: Workspace, record: dict, *, device: str = "cpu") -> ManiFPT:
+    """The design-blind attributor of a learned record."""
+    return ManiFPT.load(ws.file(record["dir"]), device=device)
+
+
+# ---- shipping with a dataset (the demo) ------------------------------------------------------------
+
+SHIPPED = ("weights.safetensors", "config.json")
+
+
+def export(ws: Workspace, folder: Path) -> list[str]:
+    """Write the learned attributors' weights and records into folder (one subfolder per space)."""
+    folder = Path(folder)
+    done = []
+    for space, record in (ws.manifest.get(KEY) or {}).items():
+        (folder / space).mkdir(parents=True, exist_ok=True)
+        for name in SHIPPED:
+            (folder / space / name).write_bytes((ws.file(record["dir"]) / name).read_bytes())
+        (folder / space / "record.json").write_text(json.dumps({k: v for k, v in record.items() if k != "dir"}, indent=1))
+        done.append(space)
+    return done
+
+
+def install(ws: Workspace, folder: Path, s: LearnedSettings = LearnedSettings()) -> tuple[list[str], list[str]]:
+    """Install shipped learned attributors whose artifacts match the workspace's: recompute the test
+    features from the weights (seconds), no training. Returns (installed spaces, reasons for the rest)."""
+    folder = Path(folder)
+    installed, why = [], []
+    for sub in sorted(p for p in folder.iterdir() if (p / "record.json").is_file()):
+        space = sub.name
+        shipped = json.loads((sub / "record.json").read_text())
+        if space not in ws.space_names() or current(ws, space, s) is not None:
+            continue
+        if shipped.get("key") != entry_key(ws, space, s):
+            why.append(f"shipped learned fingerprints ({space}): the workspace's artifacts or settings differ from those "
+                       f"they were made from; `manifpt analyze {ws.path}` trains them")
+            continue
+        method = ManiFPT.load(sub)
+        test = split_rows(ws, s, models_of(ws))["test"]
+        record = _store(ws, space, s, method, test, float(shipped.get("seconds", 0.0)))
+        with ws.writing(wait_s=60):
+            install_record(ws, space, record)
+            ws.commit()
+        installed.append(space)
+    return installed, why
