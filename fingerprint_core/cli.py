@@ -80,23 +80,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
+    from fingerprint_core.analysis import learned
     from fingerprint_core.analysis.run import analyze
     from fingerprint_core.workspace import Workspace
 
     progress = TqdmProgress(args.json or args.quiet)
     if args.job is not None:
         progress = args.job.wrapping(progress)
-    metrics = analyze(Workspace.open(args.workspace), progress=progress, force=args.force)
+    wanted = [v.strip() for v in args.levels.split(",") if v.strip()]
+    ws = Workspace.open(args.workspace)
+    if args.lodo_learned:
+        spaces = [s.strip() for s in args.lodo_spaces.split(",") if s.strip()]
+        unknown = [s for s in spaces if s not in ws.space_names()]
+        if unknown:
+            raise ValueError(f"--lodo-spaces {','.join(unknown)}: the workspace has {', '.join(ws.space_names())}")
+        for space in spaces:  # resumable: finished folds are kept
+            learned.lodo(ws, space, device=args.device, progress=progress)
+    metrics = analyze(ws, progress=progress, force=args.force, levels_wanted=wanted, device=args.device)
     if args.json:
-        print(json.dumps({k: metrics[k] for k in ("nmi", "silhouette", "lomo")}, indent=1))
+        print(json.dumps({**{k: metrics[k] for k in ("nmi", "silhouette", "lomo")}, "levels": metrics.get("levels", {})},
+                         indent=1))
         return 0
     for space in metrics["spaces"]:
-        print(f"\n{space}: factor, NMI, silhouette, leave-one-design-out accuracy (chance)")
+        print(f"\n{space} (raw level): factor, NMI, silhouette, leave-one-design-out accuracy (chance)")
         for factor, nmi in metrics["nmi"][space].items():
             lomo = metrics["lomo"][space].get(factor, {})
             cells = [nmi, metrics["silhouette"][space].get(factor), lomo.get("accuracy"), lomo.get("chance")]
             a, b, c, d = (f"{v:.3f}" if v is not None else "-" for v in cells)
-            print(f"  {factor:20} {a:>6} {b:>8} {c:>8} ({d})")
+            print(f"  {factor:28} {a:>6} {b:>8} {c:>8} ({d})")
+    if metrics.get("reading"):
+        print("\nreading (Holm-corrected p < 0.01 against the design-permutation null):")
+        for line in metrics["reading"]:
+            print(f"  {line}")
     return 0
 
 
@@ -325,6 +340,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fingerprint_core.attribution import train
 
     kinds = [k.strip().lower() for k in args.spaces.split(",") if k.strip()] if args.spaces else None
+    if args.export:  # refuse a bad export folder before minutes of training, not after
+        from fingerprint_core.attribution import ship
+
+        ship.check_export_folder(args.export, args.workspace)
 
     def on_epoch(kind: str, row: dict) -> None:
         if args.job is not None:
@@ -552,8 +571,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("analyze", help="fingerprint map, spectra and design-choice metrics of a workspace (cached in it)")
     a.add_argument("workspace", type=Path)
-    a.add_argument("--json", action="store_true", help="print the metrics as JSON: nmi, silhouette, lomo")
+    a.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON: nmi, silhouette, lomo (the raw level) and levels {raw, learned, model}")
     a.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
+    a.add_argument("--levels", default="raw,learned,model",
+                   help="fingerprint levels to analyse (default raw,learned,model; learned and model train the "
+                        "design-blind attributors first when the workspace has none)")
+    a.add_argument("--lodo-learned", action="store_true",
+                   help="first run (or resume) the learned level's leave-one-design-out: the design-blind attributor "
+                        "retrained without each design in turn (minutes per design on a CPU)")
+    a.add_argument("--lodo-spaces", default="rgb", help="spaces of --lodo-learned (default rgb)")
+    a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_progress_file(a)
     a.set_defaults(run=_cmd_analyze)

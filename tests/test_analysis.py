@@ -124,8 +124,9 @@ def test_analyze_caches_in_the_workspace_and_prints_the_json_contract(gray_works
     assert loaded.spectra("toy_gan").artifact.shape == (16, 16)
     assert main(["analyze", str(ws_path), "--json"]) == 0  # cached: returns at once
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"nmi", "silhouette", "lomo"}
+    assert set(out) == {"nmi", "silhouette", "lomo", "levels"}
     assert isinstance(out["nmi"]["freq"]["upsampling"], float)
+    assert out["nmi"]["freq"]["upsampling"] == out["levels"]["raw"]["nmi"]["freq"]["upsampling"]["value"]
     # models.csv gains a column: the cached analysis no longer matches the workspace
     ws = Workspace.open(ws_path)
     assert Analysis.state(ws) == "current" and loaded.is_current(ws)

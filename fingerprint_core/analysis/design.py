@@ -14,6 +14,8 @@ from sklearn.cluster import KMeans
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import silhouette_score
 
+from fingerprint_core import protocol
+
 
 @dataclass(frozen=True)
 class Interval:
@@ -78,7 +80,7 @@ class HeldOutDesign:
     truth: str
     predicted: str  # majority vote over the design's samples
     accuracy: float  # share of its samples predicted correctly
-    chance: float  # the best trivial guess's expected accuracy (see leave_one_design_out)
+    chance: float  # the best trivial guess's expected accuracy (protocol.chance)
     unseen: bool  # the true level never occurs in training (cannot be predicted)
 
 
@@ -96,7 +98,7 @@ class LeaveOneDesignOut:
 
     @property
     def chance(self) -> float:
-        """Mean over folds of the best trivial guess's expected accuracy (see leave_one_design_out)."""
+        """Mean over folds of the best trivial guess's expected accuracy (protocol.chance)."""
         return float(np.mean([f.chance for f in self.folds])) if self.folds else float("nan")
 
     @property
@@ -117,41 +119,33 @@ def leave_one_design_out(
     """Hold out every model of one design (all its seeds), train on the other designs, predict.
 
     features: per-sample rows; labels: the factor's level per sample; designs: a design id per
-    sample (models trained from the same design share it, so a twin cannot leak the answer);
-    models: the model name per sample.
+    sample (protocol.design_id: models trained from the same design share it, so a twin cannot leak
+    the answer); models: the model name per sample. The folds, truth, chance and unseen flag are
+    protocol's, as the benchmark's are; a fold whose training designs have one level is not scored.
     """
     labels, designs, models = (np.asarray(a).astype(str) for a in (labels, designs, models))
     out = LeaveOneDesignOut(factor)
-    for design in dict.fromkeys(designs):  # first-seen order
-        test = designs == design
-        train_labels = labels[~test]
-        levels, counts = np.unique(train_labels, return_counts=True)
-        truth = labels[test][0]
-        if len(levels) < 2:
+    levels = protocol.levels_by_design(designs, labels)
+    for held in protocol.held_out_designs(designs):
+        h = protocol.held_out_level(levels, held)
+        if not h.learnable:
             continue  # nothing to learn from
-        # chance: the better of two guesses that ignore the fingerprints, counted per training design:
-        # always the most common level (holding a design out often leaves another level on top, so
-        # this alone can be 0), or a level drawn at random with the training designs' frequencies
-        per_design = {d: labels[designs == d][0] for d in dict.fromkeys(designs[~test])}
-        d_levels, d_counts = np.unique(list(per_design.values()), return_counts=True)
-        majority = d_levels[np.argmax(d_counts)]
-        share = d_counts[d_levels == truth].sum() / d_counts.sum()
-        chance = max(float(majority == truth), float(share))
+        test = designs == held
         # a linear classifier with a shared, shrunk covariance: one pass over the data per fold (an
         # analysis has ~140 folds per space), where iterative logistic regression took ~0.2 s each
         clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-        clf.fit(features[~test], train_labels)
+        clf.fit(features[~test], labels[~test])
         pred = clf.predict(features[test])
         values, votes = np.unique(pred, return_counts=True)
         out.folds.append(
             HeldOutDesign(
-                design=str(design),
+                design=held,
                 models=sorted(set(models[test])),
-                truth=str(truth),
+                truth=h.truth,
                 predicted=str(values[np.argmax(votes)]),
-                accuracy=float(np.mean(pred == truth)),
-                chance=chance,
-                unseen=bool(truth not in levels),
+                accuracy=float(np.mean(pred == h.truth)),
+                chance=h.chance,
+                unseen=h.unseen,
             )
         )
     return out

@@ -212,3 +212,99 @@ def install(ws: Workspace, folder: Path, s: LearnedSettings = LearnedSettings())
             ws.commit()
         installed.append(space)
     return installed, why
+
+
+# ---- leave one design out at the learned level (`manifpt analyze WS --lodo-learned`) ------------------
+# The rule, fixed before the first run and not tuned on the scores: retrain the design-blind attributor
+# without every model of the held-out design (all its seeds); standardise the features on the training
+# models' test samples; give each held-out test sample the factor levels of the nearest class mean
+# (Euclidean) among the non-real training models; score per sample and by the majority over the design.
+
+LODO = "lodo_learned"
+FOLD = "fold.json"
+
+
+def fold_key(ws: Workspace, space: str, s: LearnedSettings, design: str, held: tuple[str, ...]) -> str:
+    return key_of(VERSION, "lodo", space, design, entry_key(ws, space, s, exclude=held))
+
+
+def lodo_fold(ws: Workspace, space: str, s: LearnedSettings, design: str, held: tuple[str, ...], table: pd.DataFrame,
+              *, device: str = "auto") -> dict:
+    """One fold: what the nearest training models' design says about the held-out design."""
+    from fingerprint_core import protocol
+
+    method, rows = train_design_blind(ws, space, s, device=device, exclude=held)
+    every = split_mod.workspace_split(ws, seed=0)
+    test = every[every["part"] == "test"][["model", "index"]].reset_index(drop=True)
+    train_models = [m for m in models_of(ws, held) if m != split_mod.REAL]
+    feats = features_of(ws, method, test[test["model"].isin([*train_models, *held])].reset_index(drop=True))
+    names = test[test["model"].isin([*train_models, *held])]["model"].to_numpy().astype(str)
+    seen = np.isin(names, train_models)
+    mean, sd = feats[seen].mean(0), feats[seen].std(0)
+    z = (feats - mean) / np.where(sd > 0, sd, 1.0)
+    centres = np.stack([z[names == m].mean(0) for m in train_models])
+    out_z = z[~seen]
+    nearest = np.asarray(train_models)[((out_z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)] if len(out_z) else []
+    t = table.astype(str).set_index("model")
+    result = {"design": design, "models": list(held), "n": int(len(out_z)), "factors": {}}
+    for factor in protocol.factors(table):
+        levels = protocol.design_levels(table, factor)
+        h = protocol.held_out_level(levels, design)
+        pred = t.loc[list(nearest), factor].to_numpy() if len(out_z) else np.array([])
+        values, votes = np.unique(pred, return_counts=True)
+        result["factors"][factor] = {"truth": h.truth, "accuracy": float(np.mean(pred == h.truth)) if len(pred) else float("nan"),
+                                     "predicted": str(values[np.argmax(votes)]) if len(values) else None,
+                                     "chance": h.chance, "unseen": h.unseen, "learnable": h.learnable}
+    return result
+
+
+def lodo(ws: Workspace, space: str, s: LearnedSettings = LearnedSettings(), *, device: str = "auto",
+         progress: Progress | None = None, only: list[str] | None = None) -> dict:
+    """Run (or resume) every fold of the learned leave-one-design-out in one space; finished folds are kept."""
+    from fingerprint_core import protocol
+
+    progress = progress or Progress()
+    table = ws.design().astype(str)
+    table = table[table["model"].isin(ws.model_names())].reset_index(drop=True)
+    folds = [f for f in protocol.lodo_folds(table) if only is None or f.design in only]
+    bar = progress.task(f"learned leave-one-design-out ({space})", len(folds))
+    for f in folds:
+        rel = f"lodo/{space}-{fold_key(ws, space, s, f.design, f.models)}"
+        if not ws.intact(rel):
+            t0 = time.perf_counter()
+            result = lodo_fold(ws, space, s, f.design, f.models, table, device=device)
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+            ws.write_entry(rel, {}, files={FOLD: json.dumps(result, indent=1).encode()})
+        with ws.writing(wait_s=3600.0):
+            record = ws.manifest.setdefault(LODO, {}).setdefault(space, {"folds": {}})
+            record["settings"] = asdict(s)
+            record["folds"][f.design] = rel
+            ws.commit()
+        bar.update()
+    bar.close()
+    return lodo_summary(ws).get(space, {})
+
+
+def lodo_summary(ws: Workspace) -> dict:
+    """Per space and factor: mean per-sample accuracy over the scored folds, chance, majority-vote
+    accuracy and the folds, from the finished fold entries the manifest names."""
+    out: dict = {}
+    for space, record in (ws.manifest.get(LODO) or {}).items():
+        folds = []
+        for rel in record.get("folds", {}).values():
+            if ws.intact(rel):
+                folds.append(json.loads((ws.file(rel) / FOLD).read_text()))
+        factors = sorted({f for x in folds for f in x["factors"]})
+        out[space] = {}
+        for factor in factors:
+            scored = [x for x in folds if x["factors"].get(factor, {}).get("learnable")]
+            if not scored:
+                continue
+            acc = [x["factors"][factor]["accuracy"] for x in scored]
+            out[space][factor] = {
+                "accuracy": float(np.nanmean(acc)),
+                "chance": float(np.mean([x["factors"][factor]["chance"] for x in scored])),
+                "vote_accuracy": float(np.mean([x["factors"][factor]["predicted"] == x["factors"][factor]["truth"] for x in scored])),
+                "folds": [{"design": x["design"], "models": x["models"], "n": x["n"], **x["factors"][factor]} for x in scored],
+            }
+    return out

@@ -25,23 +25,26 @@ import numpy as np
 import pandas as pd
 from sklearn.neighbors import NearestNeighbors
 
-NOT_FACTORS = ("model", "seed")  # identifiers of a model, not design choices
+from fingerprint_core.protocol import IDENTIFIERS as NOT_FACTORS
+from fingerprint_core.protocol import design_columns
+
 _TIE = 1e-12  # a null value this close to the observed one counts as reaching it (float noise of equal tables)
 
 
 # ---- designs and their permutations --------------------------------------------------------------
 
 def design_factors(design_table: pd.DataFrame) -> list[str]:
-    """The design-choice columns of a design table: every column but model and seed."""
-    return [c for c in design_table.columns if c not in NOT_FACTORS]
+    """The design-choice columns of a design table (fingerprint_core.protocol.design_columns)."""
+    return design_columns(design_table)
 
 
 def design_ids(design_table: pd.DataFrame, factors: Sequence[str] | None = None) -> np.ndarray:
-    """A design id per row (0, 1, ... in first-seen order): rows with the same design choices share it, whatever the seed."""
+    """A design id per row (0, 1, ... in first-seen order), integer-coded from the protocol's definition of a
+    design (the same choices in every design column, whatever the seed); factors restricts the columns."""
     facs = list(factors) if factors is not None else design_factors(design_table)
     if not facs:
         return np.zeros(len(design_table), dtype=np.int64)
-    keys = design_table[facs].astype(str).agg("\x1f".join, axis=1)
+    keys = design_table[facs].astype(str).agg("|".join, axis=1)
     return pd.factorize(keys, sort=False)[0].astype(np.int64)
 
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fingerprint_core.analysis import design, fingerprint_map, spectra
+from fingerprint_core import protocol
+from fingerprint_core.analysis import design, fingerprint_map, learned, levels, model_level, spectra
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import REAL, Workspace, WorkspaceError, key_of
 
-ANALYSIS_VERSION = "analysis-v3"  # v3: LDA in leave-one-design-out, chance = best trivial guess, 100 UMAP epochs above 10,000 points
+ANALYSIS_VERSION = "analysis-v4"  # v4: three levels with design nulls; designs, folds and chance from protocol
 WAIT_FOR_WRITER_S = 3600.0
-NOT_FACTORS = {"model", "seed"}  # identifiers of a model, not design choices
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,6 @@ class Settings:
     bootstrap: int = 200
 
 
-def factors(table: pd.DataFrame) -> list[str]:
-    """Design columns to test: every column but identifiers, with at least two levels."""
-    return [c for c in table.columns if c not in NOT_FACTORS and table[c].nunique() >= 2]
-
-
 def _fingerprints(ws: Workspace, space: str, models: list[str], per_model: int | None, seed: int):
     """Stacked float32 artifacts of the models (optionally a seeded subsample each) and their rows."""
     rng = np.random.default_rng(seed)
@@ -48,30 +43,31 @@ def _fingerprints(ws: Workspace, space: str, models: list[str], per_model: int |
     return np.concatenate(parts), pd.concat(rows, ignore_index=True)
 
 
-def design_metrics(ws: Workspace, space: str, s: Settings) -> dict:
-    """NMI (with interval), silhouette and leave-one-design-out accuracy for every factor."""
+def generated_design(ws: Workspace) -> pd.DataFrame:
+    """The design table of the generated models that have fingerprints (the real row left out)."""
     table = ws.design().astype(str)
-    table = table[table["model"].isin(ws.model_names()) & (table["model"] != REAL)]
-    facs = factors(table)
+    return table[table["model"].isin(ws.model_names()) & (table["model"] != REAL)].reset_index(drop=True)
+
+
+def design_metrics(ws: Workspace, space: str, s: Settings) -> dict:
+    """The raw level: NMI (design bootstrap interval, design-permutation null) and silhouette per test
+    group, and leave-one-design-out accuracy (LDA on the reduced artifacts) per factor."""
+    table = generated_design(ws)
     feats, rows = _fingerprints(ws, space, list(table["model"]), s.metric_samples_per_model, s.seed)
     reduced = fingerprint_map.reduce(feats, n_components=s.pca_components, seed=s.seed)
+    sample_models = rows["model"].to_numpy().astype(str)
+    tests = levels.groups(table)
+    out = levels.per_sample(reduced, sample_models, table, tests, seed=s.seed, restarts=s.kmeans_restarts, n_boot=s.bootstrap)
+    out["lomo"] = {}
+    design_id = rows["model"].map(protocol.design_id(table)).to_numpy()  # same choices = same design, any seed
     per_sample = rows.merge(table, on="model", how="left")
-    design_id = per_sample[facs].agg("|".join, axis=1).to_numpy()  # same choices = same design, any seed
-    out: dict = {"nmi": {}, "silhouette": {}, "lomo": {}}
-    groups = [(f, np.ones(len(per_sample), bool)) for f in facs]
-    if "family" in table and "loss" in facs and (table["family"] == "gan").sum() >= 2:
-        groups.append(("loss (gan)", (per_sample["family"] == "gan").to_numpy()))  # loss is nested in family
-    for name, keep in groups:
-        col = name.split(" ")[0]
-        labels = per_sample[col].to_numpy()[keep]
-        if len(np.unique(labels)) < 2:
-            continue
-        x = reduced[keep]
-        r = design.nmi(x, labels, seed=s.seed, restarts=s.kmeans_restarts, n_boot=s.bootstrap)
-        out["nmi"][name] = {"value": r.value, "low": r.low, "high": r.high, "levels": int(len(np.unique(labels)))}
-        out["silhouette"][name] = design.silhouette(x, labels, seed=s.seed)
-        lodo = design.leave_one_design_out(x, labels, design_id[keep], per_sample["model"].to_numpy()[keep], factor=name, seed=s.seed)
-        out["lomo"][name] = {
+    for g in tests:
+        if g.strata is not None:
+            continue  # leave-one-design-out predicts a level; holding another factor fixed is a test of the nulls only
+        keep = np.isin(sample_models, g.models)
+        labels = per_sample[g.factor].to_numpy()[keep]
+        lodo = design.leave_one_design_out(reduced[keep], labels, design_id[keep], sample_models[keep], factor=g.name, seed=s.seed)
+        out["lomo"][g.name] = {
             "accuracy": lodo.accuracy,
             "chance": lodo.chance,
             "vote_accuracy": lodo.vote_accuracy,
@@ -92,41 +88,99 @@ def analysis_key(ws: Workspace, settings: dict) -> str:
     return key_of(ANALYSIS_VERSION, settings, sources, ws.manifest.get("design"))
 
 
-def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progress | None = None, force: bool = False) -> dict:
-    """Compute (or reuse) every analysis of the workspace; returns the metrics summary."""
+def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progress | None = None, force: bool = False,
+            levels_wanted: tuple[str, ...] | list[str] = levels.LEVELS, device: str = "auto",
+            learned_settings: learned.LearnedSettings | None = None) -> dict:
+    """Compute (or reuse) every analysis of the workspace at the wanted levels; returns the metrics summary.
+
+    The learned and model levels train the design-blind attributors first when they are missing
+    (each space committed as soon as it is done)."""
     s = settings or Settings()
+    ls = learned_settings or learned.LearnedSettings()
     progress = progress or Progress()
+    wanted = tuple(v for v in levels.LEVELS if v in set(levels_wanted))
+    bad = sorted(set(levels_wanted) - set(levels.LEVELS))
+    if bad or not wanted:
+        raise ValueError(f"levels {', '.join(bad) or '(none)'}: choose from {', '.join(levels.LEVELS)}")
     spaces = analysed_spaces(ws)
-    key = analysis_key(ws, s.__dict__)
+    records: dict[str, dict] = {}
+    if "learned" in wanted or "model" in wanted:
+        records = learned.ensure(ws, spaces, ls, device=device, progress=progress)  # reloads the manifest
+    key = analysis_key(ws, {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()}})
     cached = ws.manifest.get("analysis")
     if cached and cached.get("key") == key and not force and ws.intact(cached["dir"]):
-        return json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
+        metrics = json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
+        return with_learned_lodo(ws, metrics)
     if ws.busy():
         raise WorkspaceError(f"workspace {ws.path} is being written by another run (fingerprint or train); "
                              "run `manifpt analyze` when it has finished")
     models = ws.model_names(include_real=True)
+    code = {m: i for i, m in enumerate(models)}
+    table = generated_design(ws)
+    tests = levels.groups(table)
     arrays: dict[str, np.ndarray] = {"models.npy": np.array(models)}
-    metrics: dict = {"settings": s.__dict__, "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}, "detail": {}}
-    bar = progress.task("analysis", 2 * len(spaces) + 1)
+    metrics: dict = {"settings": {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()}},
+                     "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}, "detail": {}}
+    raw: dict = {"nmi": {}, "lodo": {}, "silhouette": {}, "purity": {}}
+    bar = progress.task("analysis", 2 * len(spaces) + 1 + ("learned" in wanted) * len(records) + ("model" in wanted) * len(spaces))
     for sp in spaces:
         feats, rows = _fingerprints(ws, sp, models, None, s.seed)
         reduced = fingerprint_map.reduce(feats, n_components=s.pca_components, seed=s.seed)
-        arrays[f"umap_{sp}.npy"] = fingerprint_map.umap_2d(reduced, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
-        arrays[f"umap_{sp}_model.npy"] = rows["model"].map({m: i for i, m in enumerate(models)}).to_numpy(np.int32)
+        xy = fingerprint_map.umap_2d(reduced, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
+        arrays[f"umap_{sp}.npy"] = xy
+        arrays[f"umap_{sp}_model.npy"] = rows["model"].map(code).to_numpy(np.int32)
         arrays[f"umap_{sp}_index.npy"] = rows["index"].to_numpy(np.int64)
+        raw["purity"][sp] = levels.purity(xy, rows["model"].to_numpy(), seed=s.seed)
         bar.update()
         d = design_metrics(ws, sp, s)
         metrics["nmi"][sp] = {f: v["value"] for f, v in d["nmi"].items()}
-        metrics["silhouette"][sp] = d["silhouette"]
+        metrics["silhouette"][sp] = {f: v["value"] for f, v in d["silhouette"].items()}
         metrics["lomo"][sp] = {f: {"accuracy": v["accuracy"], "chance": v["chance"]} for f, v in d["lomo"].items()}
-        metrics["detail"][sp] = d
+        metrics["detail"][sp] = {"nmi": d["nmi"], "silhouette": metrics["silhouette"][sp], "lomo": d["lomo"]}
+        raw["nmi"][sp], raw["silhouette"][sp] = d["nmi"], d["silhouette"]
+        raw["lodo"][sp] = {f: {"accuracy": v["accuracy"], "chance": v["chance"], "folds": v["folds"]} for f, v in d["lomo"].items()}
         bar.update()
+    found: dict = {}
+    if "raw" in wanted:
+        found["raw"] = raw
+    learned_feats = {sp: learned.load(ws, r) for sp, r in records.items()}
+    if "learned" in wanted:
+        found["learned"] = {"nmi": {}, "lodo": {}, "silhouette": {}, "purity": {}}
+        for sp, (f, rows) in learned_feats.items():
+            z = _standardised(f)
+            xy = fingerprint_map.umap_2d(z, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
+            arrays[f"umap_learned_{sp}.npy"] = xy
+            arrays[f"umap_learned_{sp}_model.npy"] = rows["model"].map(code).to_numpy(np.int32)
+            arrays[f"umap_learned_{sp}_index.npy"] = rows["index"].to_numpy(np.int64)
+            gen = (rows["model"] != REAL).to_numpy()
+            d = levels.per_sample(z[gen], rows["model"].to_numpy()[gen], table, tests, seed=s.seed,
+                                  restarts=s.kmeans_restarts, n_boot=s.bootstrap)
+            found["learned"]["nmi"][sp], found["learned"]["silhouette"][sp] = d["nmi"], d["silhouette"]
+            found["learned"]["purity"][sp] = levels.purity(xy, rows["model"].to_numpy(), seed=s.seed)
+            bar.update()
+    if "model" in wanted:
+        generated = list(table["model"])
+        m: dict = {"models": generated, "distance": {}, "tests": {}, "clustering": {}, "order": {}, "nesting": levels.nesting(table)}
+        for sp in spaces:
+            lf = None
+            if sp in learned_feats:
+                f, rows = learned_feats[sp]
+                lf = (_standardised(f), rows["model"].to_numpy().astype(str))
+            dist = levels.distances(lf, {g: ws.artifacts(g, sp) for g in generated}, generated, seed=s.seed)
+            m["tests"][sp], m["clustering"][sp] = levels.model_tests(dist, generated, table, tests, seed=s.seed)
+            m["distance"][sp] = {name: np.round(dm, 6).tolist() for name, dm in dist.items()}
+            primary = dist["learned_means"] if "learned_means" in dist else dist["energy"]
+            m["order"][sp] = [generated[i] for i in model_level.leaf_order(primary)]
+            bar.update()
+        found["model"] = m
     if "rgb" in spaces:  # per model, stacked in the order of models.npy
         per_model = [spectra.model_spectra(np.asarray(ws.images(m)), ws.artifacts(m, "rgb")) for m in models]
         for part in ("artifact", "sample", "artifact_profile", "sample_profile"):
             arrays[f"spectra_{part}.npy"] = np.stack([getattr(x, part) for x in per_model]).astype(np.float32)
     bar.update()
     bar.close()
+    metrics["levels"] = found
+    metrics["reading"] = levels.reading(found)
     metrics = _json_safe(metrics)
     payload = json.dumps(metrics, indent=1).encode()
     # minutes of work above: wait for a writer that started meanwhile (say `manifpt train`) rather
@@ -134,7 +188,21 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     with ws.writing(wait_s=WAIT_FOR_WRITER_S):  # reloads what that writer committed
         rel = ws.write_entry(f"analysis-{key}", arrays, files={"metrics.json": payload})
         ws.manifest["analysis"] = {"key": key, "dir": rel}
-        ws.commit(collect=("analysis-",))
+        ws.commit(collect=("analysis-", "learned", "lodo"))
+    return with_learned_lodo(ws, metrics)
+
+
+def _standardised(f: np.ndarray) -> np.ndarray:
+    """Each feature centred and scaled to unit spread (a constant feature is left unscaled)."""
+    sd = f.std(0)
+    return ((f - f.mean(0)) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+def with_learned_lodo(ws: Workspace, metrics: dict) -> dict:
+    """The learned level's leave-one-design-out, read live from its folds (`manifpt analyze --lodo-learned`)."""
+    lodo = learned.lodo_summary(ws)
+    if lodo and "learned" in metrics.get("levels", {}):
+        metrics["levels"]["learned"]["lodo"] = _json_safe(lodo)
     return metrics
 
 

@@ -11,9 +11,10 @@ augmentation):
                Gaussian noise sigma 2/255; ManiFPT's artifacts are recomputed from the perturbed
                images (embedded, projected on the manifold again), per seed
     d lodo     leave one design out (all its seeds): design heads trained on the rest predict the
-               held-out models' design choices, per factor vs the majority-level chance; K seeded
-               designs, first seed only (the folds are the repetitions)
-    e openset  whole models held out (openset.folds): threshold set on one group, AUROC and TPR/FPR
+               held-out models' design choices, per factor vs protocol.chance (the better of the
+               majority level and the frequency guess, per training design: the Design page's);
+               K seeded designs, first seed only (the folds are the repetitions)
+    e openset  whole models held out (protocol.heldout_model_folds): threshold set on one group, AUROC and TPR/FPR
                measured on the next, with openset.py's scores on every method's features/logits;
                first seed only
     f fisher   Fisher discriminant ratio (trace of between- over within-class scatter) of the
@@ -45,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fingerprint_core import protocol
 from fingerprint_core.attribution import baselines, openset
 from fingerprint_core.attribution import split as split_mod
 from fingerprint_core.attribution.bench_report import (
@@ -59,13 +61,16 @@ from fingerprint_core.attribution.bench_report import (
 from fingerprint_core.attribution.method import Inputs, Method
 from fingerprint_core.attribution.robustness import JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb
 from fingerprint_core.pipeline import Progress
-from fingerprint_core.workspace import REAL, Workspace, atomic_write_bytes, key_of
+from fingerprint_core.workspace import Workspace, atomic_write_bytes, key_of
 
 VERSION = 1  # bump when the same settings would give different numbers
+# bump when a lodo fold's numbers mean something else (only lodo parts are recomputed). 2: chance,
+# unseen and learnable from protocol (chance was the majority level only; unseen counted the real row)
+LODO_VERSION = 2
 SPLIT_SEED = 0
 SEEDS = (0, 1, 2)
 LODO_FOLDS = 6  # held-out designs (each a full training run per method); 0 = every design
-OPENSET_GROUPS = 5  # openset.folds' default: each fold trains on 3 of 5 groups of models
+OPENSET_GROUPS = 5  # each held-out-model fold trains on 3 of 5 groups of models
 
 Factory = Callable[[], Method]
 
@@ -84,27 +89,6 @@ def fisher_ratio(features: np.ndarray, labels: np.ndarray) -> float:
         between += len(rows) * float(np.sum((mk - mu) ** 2))
         within += float(np.sum((rows - mk) ** 2))
     return between / within if within > 0 else float("inf")
-
-
-def design_columns(design: pd.DataFrame) -> list[str]:
-    """The columns that define a design: every column but the model name and its seed."""
-    return [c for c in design.columns if c not in ("model", "seed")]
-
-
-def design_groups(design: pd.DataFrame, models: list[str]) -> dict[str, list[str]]:
-    """Design id ("gan|transposed_conv|...") -> its models, in first-seen order (models with every
-    design column equal are one design, whatever their seeds)."""
-    table = design.astype(str).set_index("model")
-    cols = design_columns(design)
-    groups: dict[str, list[str]] = {}
-    for m in models:
-        groups.setdefault("|".join(table.loc[m, cols]) if cols else m, []).append(m)
-    return groups
-
-
-def twin_groups(design: pd.DataFrame, models: list[str]) -> list[list[str]]:
-    """Designs trained more than once: the lists of their models."""
-    return [g for g in design_groups(design, models).values() if len(g) > 1]
 
 
 def subsample_train(table: pd.DataFrame, per_model: int) -> pd.DataFrame:
@@ -245,7 +229,8 @@ class Bench:
             raise ValueError(f"workspace {ws.path} has {len(self.classes['model'])} class(es); the benchmark needs two")
         self.design = ws.design()
         self.generated = ws.model_names()
-        self.factors = [h for h in self.classes if h != "model"]
+        self.factors = [h for h in self.classes if h != "model"]  # the design heads every fit trains
+        self.lodo_factors = self._lodo_factors()
         self.ws_key = workspace_key(ws)
         self.part = {p: np.flatnonzero(self.table["part"].to_numpy() == p) for p in ("train", "val", "test")}
         self._images: np.ndarray | None = None
@@ -292,7 +277,7 @@ class Bench:
 
     # -- parts ---------------------------------------------------------------------------------
     def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
-        extra = {"lodo": self.lodo_plan, "openset": [(f.calibration, f.test) for f in self.openset_plan],
+        extra = {"lodo": [LODO_VERSION, self.lodo_plan], "openset": [(f.calibration, f.test) for f in self.openset_plan],
                  "robust": [PERTURBATIONS, JPEG_QUALITY, NOISE_SIGMA]}.get(protocol)
         return key_of(VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
                       protocol, seed, fold, extra)
@@ -393,7 +378,7 @@ class Bench:
         return self._do(name, "fisher", seed, compute)
 
     def twins(self, name: str, seed: int) -> dict:
-        groups = twin_groups(self.design, self.generated)
+        groups = protocol.twin_groups(self.design, self.generated)
         if not groups:
             return self._skip(name, "twins", seed, "no design was trained with several seeds")
 
@@ -411,15 +396,18 @@ class Bench:
                     "accuracy_all": float(np.mean(z.argmax(1) == y)), "groups": groups, "n_test": len(test)}
         return self._do(name, "twins", seed, compute)
 
+    def _lodo_factors(self) -> list[str]:
+        """The design heads leave-one-design-out scores: protocol's factors (two levels among the
+        generated models; the real row's levels do not count) that the bench trains a head for."""
+        facs = protocol.factors(self.design, self.generated)
+        return [f for f in self.factors if f in facs]
+
     def _lodo_plan(self) -> list[list]:
         """[design id, its models] of the held-out designs: a seeded choice of K (all if K = 0)."""
-        groups = design_groups(self.design, self.generated)
-        if len(groups) < 2 or not self.factors:
+        if not self.lodo_factors:
             return []
-        ids = list(groups)
-        order = np.random.default_rng(SPLIT_SEED).permutation(len(ids))
-        k = len(ids) if self.settings.lodo_folds <= 0 else min(self.settings.lodo_folds, len(ids))
-        return [[ids[i], groups[ids[i]]] for i in sorted(order[:k])]
+        return [[f.design, list(f.models)]
+                for f in protocol.lodo_folds(self.design, self.generated, k=self.settings.lodo_folds, seed=SPLIT_SEED)]
 
     def lodo(self, name: str, seed: int) -> dict:
         if not self.lodo_plan:
@@ -427,12 +415,20 @@ class Bench:
         folds = [self._do(name, "lodo", seed, lambda d=d, m=m: self._lodo_fold(name, seed, d, m), fold=i)
                  for i, (d, m) in enumerate(self.lodo_plan)]
         out = {"folds": folds, "factors": {}}
-        for f in self.factors:
-            acc = [x["factors"][f]["accuracy"] for x in folds]
+        for f in self.lodo_factors:
+            scored = [x["factors"][f] for x in folds if x["factors"][f].get("learnable", True)]
+            if not scored:
+                continue  # every held-out design was the only one of its level: nothing to learn from
+            acc = [x["accuracy"] for x in scored]
             out["factors"][f] = {"accuracy": float(np.mean(acc)), "std": std_or_zero(acc),
-                                 "chance": float(np.mean([x["factors"][f]["chance"] for x in folds])),
-                                 "vote_accuracy": float(np.mean([x["factors"][f]["vote"] for x in folds]))}
+                                 "chance": float(np.mean([x["chance"] for x in scored])),
+                                 "vote_accuracy": float(np.mean([x["vote"] for x in scored])), "n_folds": len(scored)}
         return out
+
+    def lodo_truths(self, held_design: str) -> dict[str, protocol.HeldOutLevel]:
+        """Per scored factor, the held-out design's truth, chance and flags (protocol.held_out_level)."""
+        return {f: protocol.held_out_level(protocol.design_levels(self.design, f, self.generated), held_design)
+                for f in self.lodo_factors}
 
     def _lodo_fold(self, name: str, seed: int, design_id: str, held: list[str]) -> dict:
         table = self.design.astype(str).set_index("model")
@@ -441,22 +437,18 @@ class Bench:
         method = self._fit(name, seed, cls, self.rows_of(train_models, "train"), self.rows_of(train_models, "val"))
         test = self.rows_of(held, "test")
         z = method.logits(self.inputs(method.needs, test))
-        per_design = {d: table.loc[ms[0]] for d, ms in design_groups(self.design, [m for m in train_models if m != REAL]).items()}
         out = {"design": design_id, "models": held, "factors": {}}
-        for f in self.factors:
-            truth = table.loc[held[0], f]
+        for f, h in self.lodo_truths(design_id).items():
             pred = np.asarray(cls[f])[z[f].argmax(1)]
             levels, votes = np.unique(pred, return_counts=True)
-            d_levels, d_counts = np.unique([row[f] for row in per_design.values()], return_counts=True)
-            majority = d_levels[np.argmax(d_counts)] if len(d_levels) else None
-            out["factors"][f] = {"truth": truth, "accuracy": float(np.mean(pred == truth)),
-                                 "vote": float(levels[np.argmax(votes)] == truth) if len(pred) else 0.0,
-                                 "chance": float(majority == truth), "unseen": truth not in cls[f]}
+            out["factors"][f] = {"truth": h.truth, "accuracy": float(np.mean(pred == h.truth)),
+                                 "vote": float(levels[np.argmax(votes)] == h.truth) if len(pred) else 0.0,
+                                 "chance": h.chance, "unseen": h.unseen, "learnable": h.learnable}
         return out
 
     def _openset_plan(self) -> list:
         try:
-            return openset.folds(self.generated, n_groups=self.settings.openset_groups, seed=SPLIT_SEED)
+            return protocol.heldout_model_folds(self.generated, n_groups=self.settings.openset_groups, seed=SPLIT_SEED)
         except ValueError:
             return []
 
@@ -538,7 +530,7 @@ class Bench:
                          "train_per_model": s.train_per_model, "max_epochs": s.max_epochs},
             "plans": {"lodo": self.lodo_plan, "openset": [{"calibration": list(f.calibration), "test": list(f.test)}
                                                            for f in self.openset_plan],
-                      "twins": twin_groups(self.design, self.generated)},
+                      "twins": protocol.twin_groups(self.design, self.generated)},
             "notes": notes(s, len(self.lodo_plan), len(self.openset_plan)),
             "methods": {n: identity(f()) for n, f in self.factories.items()},
             "skipped_methods": self.skipped,
@@ -564,7 +556,9 @@ def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
         f"c robust: closed-set models on test images after JPEG {JPEG_QUALITY}, x2 bilinear down-up, noise sigma "
         f"{NOISE_SIGMA:g}/255; ManiFPT's artifacts recomputed from the perturbed images.",
         f"d lodo: {n_lodo} held-out design(s) (seeded choice, --lodo-folds {s.lodo_folds}); per factor, held-out sample accuracy; "
-        "chance = always answering the training designs' most common level.",
+        "chance = the better of two guesses that ignore the fingerprints, counted per training design: always the "
+        "most common level (ties split), or a level drawn with the designs' frequencies (the Design page's chance); "
+        "a held-out design whose factor has one level among the training designs is not scored.",
         f"e openset: {n_openset} folds of whole models held out; threshold by Youden's J on one group, TPR/FPR on the next; "
         f"{SCORE} score on each method's features (energy on logits in results.json).",
         "f fisher: trace(S_between) / trace(S_within) of the features on the test split, model labels.",

@@ -66,7 +66,8 @@ def summarise(parts: dict[str, dict], seeds: tuple[int, ...]) -> list[dict]:
         add(m, "fisher", "fdr", [r["fdr"] for r in done["fisher"]], "seeds")
         for r in done["lodo"]:
             for f in r["factors"]:
-                add(m, "lodo", f, [x["factors"][f]["accuracy"] for x in r["folds"]], "folds")
+                scored = [x["factors"][f] for x in r["folds"] if x["factors"][f].get("learnable", True)]
+                add(m, "lodo", f, [x["accuracy"] for x in scored], "folds")
                 add(m, "lodo", f"{f} chance", [r["factors"][f]["chance"]], "-")
         for r in done["openset"]:
             for k in ("auroc", "tpr_calibrated", "fpr_calibrated"):

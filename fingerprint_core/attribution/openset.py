@@ -21,6 +21,8 @@ import pandas as pd
 from sklearn.covariance import ledoit_wolf
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from fingerprint_core.protocol import heldout_model_folds
+
 SCORES = ("mahalanobis", "energy")
 ACCEPT = 0.95  # share of known validation samples the product threshold accepts
 SHRINKAGE = 1e-3  # ridge on the shared covariance, relative to its mean variance (dead features stay invertible)
@@ -171,30 +173,7 @@ def fit(kind: str, train_features: np.ndarray, train_labels: np.ndarray, n_class
     return rule
 
 
-# ---- the benchmark's protocol: whole models held out -------------------------------------------
-@dataclass(frozen=True)
-class Fold:
-    """One rotation: models held out of training; one group sets the threshold, the other measures it."""
-
-    calibration: tuple[str, ...]
-    test: tuple[str, ...]
-
-    @property
-    def held_out(self) -> tuple[str, ...]:
-        return self.calibration + self.test
-
-
-def folds(models: list[str], *, n_groups: int = 5, seed: int = 0) -> list[Fold]:
-    """Models shuffled (seeded) into groups; fold i calibrates on group i and tests on group i+1."""
-    models = [m for m in models if m != "real"]  # the real class is always known
-    n_groups = min(n_groups, len(models))
-    if n_groups < 2:
-        raise ValueError(f"{len(models)} model(s): the held-out protocol needs at least 2 (one to calibrate, one to test)")
-    order = np.random.default_rng(seed).permutation(len(models))
-    groups = [tuple(models[j] for j in order[i::n_groups]) for i in range(n_groups)]
-    return [Fold(groups[i], groups[(i + 1) % n_groups]) for i in range(n_groups)]
-
-
+# ---- the benchmark's protocol: whole models held out (folds: protocol.heldout_model_folds) ------------
 def evaluate_fold(known_val: np.ndarray, calibration_unknown: np.ndarray, known_test: np.ndarray,
                   test_unknown: np.ndarray, *, accept: float = ACCEPT) -> dict[str, float]:
     """AUROC on the test group, and TPR/FPR there at the two thresholds (known-accept and calibrated)."""
@@ -223,7 +202,7 @@ def run_protocol(ws, make_method: Callable[[], object], *, n_groups: int = 5, se
         return method.features(x), method.logits(x)["model"]
 
     rows = []
-    all_folds = folds(ws.model_names(), n_groups=n_groups, seed=seed)
+    all_folds = heldout_model_folds(ws.model_names(), n_groups=n_groups, seed=seed)
     for i, fold in enumerate(all_folds):
         if on_fold is not None:
             on_fold(i, len(all_folds))

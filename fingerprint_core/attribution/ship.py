@@ -51,6 +51,11 @@ def export(ws: Workspace, folder: str | Path) -> list[str]:
     return kinds
 
 
+def check_export_folder(folder: str | Path, workspace: str | Path) -> None:
+    """ValueError naming the reason when folder cannot take an export (see _previous_export)."""
+    _previous_export(Path(folder), Path(workspace))
+
+
 def _previous_export(folder: Path, workspace: Path) -> list[str]:
     """The kinds a previous export in folder wrote ([] for a new or empty folder); ValueError for any
     other folder, one inside the workspace, or one that holds it: an export never deletes what it did not write."""
