@@ -106,7 +106,7 @@ def colour_menu(models: Sequence[str], traces: Sequence[int], design: pd.DataFra
                 font=dict(size=12))
 
 
-def _map_layout(fig: go.Figure, color_by: str, height: int, menu: dict, revision: int) -> None:
+def _map_layout(fig: go.Figure, color_by: str, height: int, menu: dict, revision: int | str) -> None:
     fig.update_layout(
         height=height, dragmode="select", hovermode="closest", uirevision=f"fingerprint-map-{revision}",
         legend=dict(title=dict(text=plotly_label(color_by)), itemsizing="constant", groupclick="togglegroup", y=1,
@@ -131,7 +131,7 @@ def map_figure(
     color_by: str = "model",
     *,
     height: int = MAP_HEIGHT,
-    revision: int = 0,
+    revision: int | str = 0,
 ) -> go.Figure:
     """The per-sample fingerprint map: one WebGL trace per model, coloured by the level of color_by, with a
     dropdown of every other colouring.
@@ -166,7 +166,7 @@ def centroid_figure(
     color_by: str = "model",
     *,
     height: int = MAP_HEIGHT,
-    revision: int = 0,
+    revision: int | str = 0,
 ) -> go.Figure:
     """Per-model centroids of the fingerprint map (bars: ±1 standard deviation) over a faint cloud of all
     samples; one trace per model, with the same colour dropdown as map_figure.

@@ -79,7 +79,8 @@ def caps_caption(ws: Workspace, padded_from: tuple[int, int] | None) -> None:
     st.caption(
         f"Up to {sa.MAX_IMAGES} images at once · {sa.UPLOAD_MB} MB per uploaded file · an image at most "
         f"{lim.max_file_bytes // 2**20} MB and {lim.max_pixels / 1e6:.0f} megapixels · a zip at most "
-        f"{lim.max_members:,} entries and {lim.max_archive_bytes // 2**20} MB unpacked, no nested archives. "
+        f"{lim.max_members:,} entries and {lim.max_archive_bytes // 2**20} MB unpacked, no nested archives · "
+        f"at most {lim.max_decoded_bytes // 2**20} MB of decoded pixels in all (`MANIFPT_MAX_DECODED_MB`). "
         "Files are read in memory and never written to the server's disk."
     )
     c, h, w = (int(v) for v in ws.config["image_shape"])

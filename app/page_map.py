@@ -1,4 +1,5 @@
-"""Fingerprint map page: a UMAP of every sample's artifact; select a region to see its samples."""
+"""Fingerprint map page: a UMAP of the fingerprints at the learned level (the design-blind attributor's features
+of its test samples) or the raw level (every sample's artifact); select a region to see its samples."""
 
 from __future__ import annotations
 
@@ -11,22 +12,23 @@ import streamlit as st
 from app import figures, figures_analysis, state
 
 CHART_KEY = "map_chart"
-SELECTION_KEY = "map_selection"  # session_state: {"where": path|stamp|space, "rows": [frame rows]} or None
+SELECTION_KEY = "map_selection"  # session_state: {"where": path|stamp|space|level, "rows": [frame rows]} or None
+LEVEL_KEY = "map_level"  # session_state: the fingerprint level of the map ("learned" or "raw")
 REVISION_KEY = "map_revision"  # session_state: bumped by "Clear selection", so the chart is drawn afresh
 GRID_MAX = 16
 
 
-def selection_where(path: str, stamp: str, space: str) -> str:
-    """What a selection's row ids refer to: one space's map of one version of one workspace."""
-    return f"{path}|{stamp}|{space}"
+def selection_where(path: str, stamp: str, space: str, level: str) -> str:
+    """What a selection's row ids refer to: one space's map at one level of one version of one workspace."""
+    return f"{path}|{stamp}|{space}|{level}"
 
 
-def remember_selection(path: str, stamp: str, space: str) -> None:
+def remember_selection(path: str, stamp: str, space: str, level: str) -> None:
     """On a box or lasso selection (or its clearing): keep the selected rows, so recolouring keeps them."""
     event = st.session_state.get(CHART_KEY)
     points = event["selection"]["points"] if event else []
-    rows = figures_analysis.rows_of_points(points, state.map_frame(path, stamp, space))
-    where = selection_where(path, stamp, space)
+    rows = figures_analysis.rows_of_points(points, state.map_frame(path, stamp, space, level))
+    where = selection_where(path, stamp, space, level)
     st.session_state[SELECTION_KEY] = {"where": where, "rows": rows.tolist()} if len(rows) else None
 
 
@@ -45,14 +47,54 @@ def current_selection(where: str, n_rows: int) -> np.ndarray:
     return rows[(rows >= 0) & (rows < n_rows)]
 
 
-def controls(spaces: list[str]) -> tuple[str, str]:
-    """Space and view, in one row (the colouring is the chart's own dropdown: it needs no rerun)."""
-    c_space, c_view, _ = st.columns([2.2, 2, 2], vertical_alignment="bottom")
+LEVEL_HELP = ("**learned**: the penultimate features of a design-blind attributor (trained to tell the models apart, "
+              "never shown a design label), for its test samples only. **raw**: every sample's artifact itself, "
+              "which on small real sets carries much of the image content.")
+
+
+def controls(analysis) -> tuple[str, str, str]:
+    """Space, fingerprint level and view, in one row (the colouring is the chart's own dropdown: it needs no rerun)."""
+    spaces = analysis.spaces
+    c_space, c_level, c_view, _ = st.columns([2.2, 1.6, 2, 1.2], vertical_alignment="bottom")
     space = c_space.segmented_control("Space", spaces, default=spaces[0], key="map_space",
                                       help="Each space has its own nearest real images, artifacts and map.")
+    space = space or spaces[0]
+    levels = analysis.map_levels(space) or ["raw"]
+    if st.session_state.get(LEVEL_KEY) not in levels:  # first visit, or a space without that level: learned first
+        st.session_state[LEVEL_KEY] = levels[0]
+    level = c_level.segmented_control("Level", levels, key=LEVEL_KEY, help=LEVEL_HELP)
     view = c_view.segmented_control("Show", ["samples", "model centroids"], default="samples", key="map_view",
                                     help="Every sample, or the mean map position of each model.")
-    return space or spaces[0], view or "samples"
+    return space, level or levels[0], view or "samples"
+
+
+def map_caption(analysis, level: str) -> str:
+    """What the map is made of, at this level (markdown, no names from users in it)."""
+    how = ("Drag a box, or pick the lasso in the chart's toolbar, to select samples; a new selection replaces the "
+           "last, and *Clear selection* below the map (or a double click on it) removes it.")
+    colour = ("*Colour by* (top left of the map) recolours by model or any design column; the held-out real images "
+              "are grey.")
+    if level == "learned":
+        return ("The **learned** fingerprint: the penultimate features of a design-blind attributor of this space "
+                "(trained on which model made an image, the real class included, never on a design label), "
+                "standardised and reduced to 2-D with UMAP (seeded). Only the **test samples** are drawn: the "
+                "attributor never trained on them. Its features cluster by model by construction, so read a design "
+                f"grouping here against the Design choices page's null. {colour} {how}")
+    pca = analysis.metrics.get("settings", {}).get("pca_components", 50)
+    return (f"The **raw** fingerprint: every sample's artifact (sample minus its nearest real image), reduced to 2-D "
+            f"with UMAP (seeded; PCA to {pca} dimensions first). Nearby points have similar artifacts; on small "
+            f"real sets much of that is image content. {colour} {how}")
+
+
+def purity_line(analysis, level: str, space: str) -> str:
+    """The map's model purity beside its null and chance, or nothing when the analysis has none."""
+    p = analysis.levels.get(level, {}).get("purity", {}).get(space) or {}
+    if p.get("value") is None:
+        return ""
+    beside = [f"{what} {p[k]:.1%}" for k, what in (("null_p95", "95th percentile of a map without model structure"),
+                                                   ("chance", "chance")) if p.get(k) is not None]
+    return (f" Purity: {p['value']:.1%} of each point's 10 nearest map neighbours come from its own model"
+            + (f" ({', '.join(beside)})." if beside else "."))
 
 
 def selection_panel(path: str, stamp: str, space: str, frame, rows: np.ndarray) -> None:
@@ -96,26 +138,24 @@ def main() -> None:
         st.warning("The analysis holds no fingerprint map: no space is fingerprinted for every model.")
         st.stop()
     design = state.design_table(path, stamp)
-    st.caption(
-        f"Every sample's artifact (sample minus its nearest real image), reduced to 2-D with UMAP (seeded; PCA to "
-        f"{analysis.metrics.get('settings', {}).get('pca_components', 50)} dimensions first). Nearby points have "
-        "similar artifacts. *Colour by* (top left of the map) recolours by model or any design column; the held-out "
-        "real images are grey. Drag a box, or pick the lasso in the chart's toolbar, to select samples; a new "
-        "selection replaces the last, and *Clear selection* below the map (or a double click on it) removes it."
-    )
-    space, view = controls(analysis.spaces)
-    frame = state.map_frame(path, stamp, space)
-    where = selection_where(path, stamp, space)
+    caption = st.empty()  # filled once the level is known (the controls come below it)
+    space, level, view = controls(analysis)
+    caption.caption(map_caption(analysis, level))
+    frame = state.map_frame(path, stamp, space, level)
+    where = selection_where(path, stamp, space, level)
     rows = current_selection(where, len(frame))
     # The figure depends on neither the selection nor the colouring, so selecting reruns the page without
-    # redrawing the map (the browser keeps the selection and the chosen colouring).
+    # redrawing the map (the browser keeps the selection and the chosen colouring). Another level or space is
+    # another map: its own revision, so no zoom of the last one is kept.
     draw = figures_analysis.map_figure if view == "samples" else figures_analysis.centroid_figure
-    fig = draw(frame, design, "model", revision=st.session_state.get(REVISION_KEY, 0))
+    fig = draw(frame, design, "model", revision=f"{level}-{space}-{st.session_state.get(REVISION_KEY, 0)}")
     st.plotly_chart(
-        fig, key=CHART_KEY, on_select=partial(remember_selection, path, stamp, space), selection_mode=("box", "lasso"),
-        config={"displaylogo": False}, width="stretch",
+        fig, key=CHART_KEY, on_select=partial(remember_selection, path, stamp, space, level),
+        selection_mode=("box", "lasso"), config={"displaylogo": False}, width="stretch",
     )
-    st.caption(f"{len(frame):,} samples from {frame['model'].nunique()} sets in the {space} space. "
+    what = "held-out test samples" if level == "learned" else "samples"
+    st.caption(f"{len(frame):,} {what} from {frame['model'].nunique()} sets in the {space} space, {level} level."
+               f"{purity_line(analysis, level, space)} "
                "Hover a point for its model and design choices; click a legend entry to hide that group.")
     if len(rows):
         selection_panel(path, stamp, space, frame, rows)

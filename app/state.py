@@ -233,10 +233,11 @@ def design_table(path: str, stamp: str) -> pd.DataFrame:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def map_frame(path: str, stamp: str, space: str) -> pd.DataFrame:
-    """The fingerprint map of a space: one row per sample (model, index, x, y); a sample's row id is its position."""
+def map_frame(path: str, stamp: str, space: str, level: str = "raw") -> pd.DataFrame:
+    """The fingerprint map of a space at a level ("raw": every sample; "learned": the test samples the
+    design-blind attributor never trained on): one row per sample (model, index, x, y); a row id is its position."""
     analysis = analysis_of(path, stamp)
-    frame = analysis.fingerprint_map(space)
+    frame = analysis.fingerprint_map(space, level)
     frame["model"] = pd.Categorical(frame["model"], categories=analysis.models)  # cheap to copy out of the cache
     frame["x"] = frame["x"].astype(np.float32)
     frame["y"] = frame["y"].astype(np.float32)

@@ -7,6 +7,7 @@ answer. The attributor (encoders, manifolds) is loaded once per workspace versio
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import time
@@ -130,8 +131,10 @@ def attribute_files(
     """
     outcomes: dict[str, Outcome] = {}
     pending = []  # (file id, upload, image in the workspace's shape, notes)
+    left = limits.max_decoded_bytes  # one budget on the decoded pixels of the whole batch, every file together
     for file_id, name, data in files:
-        batch = uploads.read_uploads([(name, data)], limits=limits)
+        batch = uploads.read_uploads([(name, data)], limits=dataclasses.replace(limits, max_decoded_bytes=left))
+        left -= sum(up.array.nbytes for up in batch.images)
         out = outcomes[file_id] = Outcome(errors=list(batch.errors))
         images = batch.images
         if len(images) > room:

@@ -97,6 +97,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         for space in spaces:  # resumable: finished folds are kept
             learned.lodo(ws, space, device=args.device, progress=progress)
     metrics = analyze(ws, progress=progress, force=args.force, levels_wanted=wanted, device=args.device)
+    if args.export_learned:
+        done = learned.export(Workspace.open(args.workspace), args.export_learned)
+        print(f"exported the learned attributors of {', '.join(done)} to {args.export_learned}", file=sys.stderr)
     if args.json:
         print(json.dumps({**{k: metrics[k] for k in ("nmi", "silhouette", "lomo")}, "levels": metrics.get("levels", {})},
                          indent=1))
@@ -581,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first run (or resume) the learned level's leave-one-design-out: the design-blind attributor "
                         "retrained without each design in turn (minutes per design on a CPU)")
     a.add_argument("--lodo-spaces", default="rgb", help="spaces of --lodo-learned (default rgb)")
+    a.add_argument("--export-learned", type=Path, default=None, metavar="DIR",
+                   help="copy the design-blind attributors into DIR to ship them with a dataset (the demo's are in "
+                        "assets/demo/learned; `manifpt demo` installs them when the artifacts match)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     a.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_progress_file(a)

@@ -69,4 +69,11 @@ def build(
 
         _, why = ship.install(Workspace.open(report.workspace), shipped)
         report.warnings.extend(why)
+    shipped_learned = assets / "learned"
+    if shipped_learned.is_dir():  # the design-blind attributors of the learned level: no training needed
+        from fingerprint_core.analysis import learned
+        from fingerprint_core.workspace import Workspace
+
+        _, why = learned.install(Workspace.open(report.workspace), shipped_learned)
+        report.warnings.extend(why)
     return report

@@ -163,6 +163,12 @@ def test_train_button_starts_a_background_job_then_the_page_offers_the_uploader(
     assert at.get("file_uploader") and not at.code and not at.get("status")
     assert "**rgb** attributor of **gm-gray**" in at.caption[0].value
     assert at.success[0].value.startswith("The attributors are trained in ")
+    # a job that trains more while some attributor already answers: followed above the uploader
+    jobs.start(ws, "train", ["--spaces", "freq", "--epochs", "1", "--device", "cpu"])
+    at.run()
+    (status,) = at.get("status")
+    assert status.label == "Training the attributors runs in the background…" and at.get("file_uploader")
+    assert jobs.wait(ws, "train", timeout=300).state == "finished"
 
 
 def test_a_failed_training_job_is_shown_with_its_reason_and_can_be_started_again(monkeypatch, gray_workspace_root,

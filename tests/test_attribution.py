@@ -226,15 +226,6 @@ def test_mahalanobis_separates_a_planted_unknown_cluster():
     assert openset.auroc(known, unknown) > 0.95
 
 
-def test_folds_rotate_every_model_through_the_test_group_once():
-    models = [f"m{i}" for i in range(7)] + ["real"]
-    folds = openset.folds(models, n_groups=3, seed=0)
-    assert sorted(m for f in folds for m in f.test) == sorted(models[:-1])
-    assert all(not set(f.calibration) & set(f.test) and "real" not in f.held_out for f in folds)
-    with pytest.raises(ValueError, match="at least 2"):
-        openset.folds(["m0", "real"])
-
-
 # ---- a workspace -------------------------------------------------------------------------------------
 def test_training_a_toy_workspace_learns_and_is_stored(toy_ws):
     ws = Workspace.open(toy_ws)

@@ -124,17 +124,6 @@ def test_fisher_ratio_on_known_clusters():
     assert bench.fisher_ratio(x, np.array([0, 1, 0, 1])) < 1
 
 
-def test_designs_and_twins_ignore_the_seed_column():
-    design = pd.DataFrame({"model": ["a-s0", "a-s1", "b-s0", "c-s0", "real"],
-                           "family": ["gan", "gan", "gan", "vae", "real"],
-                           "upsampling": ["tconv", "tconv", "nearest", "tconv", "none"],
-                           "seed": ["0", "1", "0", "0", ""]})
-    groups = bench.design_groups(design, ["a-s0", "a-s1", "b-s0", "c-s0"])
-    assert list(groups.values()) == [["a-s0", "a-s1"], ["b-s0"], ["c-s0"]]
-    assert bench.twin_groups(design, ["a-s0", "a-s1", "b-s0", "c-s0"]) == [["a-s0", "a-s1"]]
-    assert bench.twin_groups(design, ["a-s0", "b-s0"]) == []
-
-
 def test_perturbations_do_what_they_say():
     rng = np.random.default_rng(0)
     flat = np.full((3, 1, 8, 8), 100, np.uint8)

@@ -63,8 +63,8 @@ def test_learned_and_model_levels_find_the_upsampling_trace_and_raw_does_not(kno
     assert learned_nmi["value"] > learned_nmi["null_p95"] and learned_nmi["low"] <= learned_nmi["value"] <= learned_nmi["high"]
     purity = m["levels"]["learned"]["purity"]["rgb"]
     assert purity["value"] > purity["null_p95"]
-    assert any("learned level, rgb: clusters follow upsampling" in line for line in m["reading"])
-    assert any("raw level, rgb: no evidence" in line and "upsampling" in line for line in m["reading"])
+    assert any("learned level, rgb: the clusters follow upsampling" in line for line in m["reading"])
+    assert any("raw level, rgb: nothing beyond the design null" in line and "upsampling" in line for line in m["reading"])
 
 
 def test_with_designs_shuffled_among_designs_no_level_claims_a_factor(shuffled):
@@ -135,3 +135,29 @@ def test_learned_leave_one_design_out_predicts_the_upsampling_of_unseen_designs(
     learned.lodo(ws, "rgb", device="cpu")
     assert {rel: (copy / rel / "fold.json").stat().st_mtime_ns for rel in folds.values()} == before
     assert pd.notna(lodo["chance"])
+
+
+def test_shipped_learned_attributors_install_without_training(known, tmp_path, monkeypatch):
+    ws_path, _ = known
+    shipped = tmp_path / "shipped"
+    assert learned.export(Workspace.open(ws_path), shipped) == ["rgb"]
+    fresh = tmp_path / "fresh"
+    shutil.copytree(ws_path, fresh)
+    ws = Workspace.open(fresh)
+    with ws.writing():
+        ws.manifest.pop("learned")
+        ws.commit(collect=("learned",))
+    assert not (fresh / "learned").exists() or not any((fresh / "learned").iterdir())
+
+    def no_training(*a, **kw):
+        raise AssertionError("installing shipped attributors must not train")
+
+    monkeypatch.setattr(learned, "train_design_blind", no_training)
+    installed, why = learned.install(Workspace.open(fresh), shipped)
+    assert installed == ["rgb"] and why == []
+    a, b = Workspace.open(ws_path), Workspace.open(fresh)
+    fa, ra = learned.load(a, a.manifest["learned"]["rgb"])
+    fb, rb = learned.load(b, b.manifest["learned"]["rgb"])
+    assert ra.equals(rb) and b.manifest["learned"]["rgb"]["key"] == a.manifest["learned"]["rgb"]["key"]
+    assert np.abs(fa - fb).max() < 0.05 * np.abs(fa).max()  # float16 weights: the same features to rounding
+    assert learned.current(b, "rgb", learned.LearnedSettings()) is not None

@@ -354,3 +354,68 @@ def test_the_core_has_no_posix_only_lock_and_commits_are_fsynced(fresh, monkeypa
         ws.commit()
     assert str(fresh / MANIFEST) not in synced  # the manifest is written under a temporary name...
     assert any(".workspace.json.tmp-" in s for s in synced) and str(fresh) in synced  # ...then the folder is synced
+
+
+# ---- 7. a budget on the decoded pixels of one upload or archive -------------------------------------------
+
+
+def _blank_png(side: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_a_zip_of_huge_blank_pngs_is_cut_at_the_decoded_pixel_budget():
+    import io
+    import zipfile
+
+    from fingerprint_core.attribution import uploads
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for i in range(12):
+            z.writestr(f"blank{i:02d}.png", _blank_png(3000))  # 9 MB decoded each, a few KB packed
+    limits = uploads.Limits(max_decoded_bytes=40 * 2**20)
+    batch = uploads.read_uploads([("bomb.zip", buf.getvalue())], limits=limits)
+    assert len(batch.images) == 4 and sum(u.array.nbytes for u in batch.images) <= limits.max_decoded_bytes
+    assert len(batch.errors) == 8
+    name, reason = batch.errors[0]
+    assert name == "bomb.zip/blank04.png" and "budget of 40 MB for decoded images" in reason and "needs 8.6 MB" in reason
+    assert uploads.Limits().max_decoded_bytes >= 50 * 1024 * 1024 * 3  # the stated default takes 50 such images
+
+
+def test_the_cli_budget_flag_and_the_env_setting(trained, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"big{i}.png").write_bytes(_blank_png(2000))  # 3.8 MB decoded each
+    code, out, _ = cli_run(capsys, "attribute", trained, folder, "--json", "--max-decoded-mb", "8")
+    doc = json.loads(out)
+    assert len(doc["results"]) == 2 and len(doc["errors"]) == 1 and "budget" in doc["errors"][0]["reason"]
+    monkeypatch.setenv("MANIFPT_MAX_DECODED_MB", "4")
+    code, out, _ = cli_run(capsys, "attribute", trained, folder, "--json")
+    doc = json.loads(out)
+    assert len(doc["results"]) == 1 and "MANIFPT_MAX_DECODED_MB" in doc["errors"][0]["reason"]
+
+
+# ---- 10. JPEG data, whatever its name, is attributed with a note ---------------------------------------
+
+
+def test_jpeg_data_under_a_png_name_gets_a_note(trained, tmp_path, capsys):
+    from PIL import Image
+
+    ws = Workspace.open(trained)
+    sample = np.asarray(ws.images(ws.model_names()[0])[0])[0]
+    Image.fromarray(sample).save(tmp_path / "photo.png", format="JPEG", quality=90)
+    Image.fromarray(sample).save(tmp_path / "honest.jpg", format="JPEG", quality=90)
+    Image.fromarray(sample).save(tmp_path / "clean.png", format="PNG")
+    code, out, _ = cli_run(capsys, "attribute", trained, tmp_path / "photo.png", tmp_path / "honest.jpg",
+                           tmp_path / "clean.png", "--json")
+    by_file = {Path(r["file"]).name: r["status"] for r in json.loads(out)["results"]}
+    assert "JPEG data under a .png name" in by_file["photo.png"] and "JPEG-compressed" in by_file["photo.png"]
+    assert "JPEG-compressed" in by_file["honest.jpg"] and "under a" not in by_file["honest.jpg"]
+    assert by_file["clean.png"] == "ok"

@@ -178,14 +178,24 @@ SHIPPED = ("weights.safetensors", "config.json")
 
 
 def export(ws: Workspace, folder: Path) -> list[str]:
-    """Write the learned attributors' weights and records into folder (one subfolder per space)."""
+    """Write the learned attributors (weights in float16, the standardisation in float32) and their
+    records into folder, one subfolder per space; folder is new, empty or a previous learned export."""
+    import torch
+    from safetensors.torch import load_file, save
+
+    from fingerprint_core.fsio import atomic_write
+
     folder = Path(folder)
+    if folder.is_dir() and any(p.name not in ws.space_names() or not (p / "record.json").is_file() for p in folder.iterdir()):
+        raise ValueError(f"{folder} holds files that are not a learned export; choose an empty or new folder")
     done = []
     for space, record in (ws.manifest.get(KEY) or {}).items():
         (folder / space).mkdir(parents=True, exist_ok=True)
-        for name in SHIPPED:
-            (folder / space / name).write_bytes((ws.file(record["dir"]) / name).read_bytes())
-        (folder / space / "record.json").write_text(json.dumps({k: v for k, v in record.items() if k != "dir"}, indent=1))
+        state = load_file(str(ws.file(record["dir"]) / "weights.safetensors"))
+        small = {k: (v.to(torch.float16) if v.is_floating_point() and "standardize" not in k else v) for k, v in state.items()}
+        atomic_write(folder / space / "weights.safetensors", save(small))
+        atomic_write(folder / space / "config.json", (ws.file(record["dir"]) / "config.json").read_bytes())
+        atomic_write(folder / space / "record.json", json.dumps({k: v for k, v in record.items() if k != "dir"}, indent=1).encode())
         done.append(space)
     return done
 

@@ -106,7 +106,8 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     records: dict[str, dict] = {}
     if "learned" in wanted or "model" in wanted:
         records = learned.ensure(ws, spaces, ls, device=device, progress=progress)  # reloads the manifest
-    key = analysis_key(ws, {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()}})
+    key = analysis_key(ws, {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()},
+                            "permutations": levels.PERMUTATIONS})
     cached = ws.manifest.get("analysis")
     if cached and cached.get("key") == key and not force and ws.intact(cached["dir"]):
         metrics = json.loads((ws.path / cached["dir"] / "metrics.json").read_text())
@@ -119,11 +120,12 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     table = generated_design(ws)
     tests = levels.groups(table)
     arrays: dict[str, np.ndarray] = {"models.npy": np.array(models)}
-    metrics: dict = {"settings": {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()}},
+    metrics: dict = {"settings": {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()},
+                                  "permutations": levels.PERMUTATIONS},
                      "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}, "detail": {}}
     raw: dict = {"nmi": {}, "lodo": {}, "silhouette": {}, "purity": {}}
-    bar = progress.task("analysis", 2 * len(spaces) + 1 + ("learned" in wanted) * len(records) + ("model" in wanted) * len(spaces))
     for sp in spaces:
+        bar = progress.task(f"raw level ({sp}): fingerprint map", 1)
         feats, rows = _fingerprints(ws, sp, models, None, s.seed)
         reduced = fingerprint_map.reduce(feats, n_components=s.pca_components, seed=s.seed)
         xy = fingerprint_map.umap_2d(reduced, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
@@ -132,6 +134,8 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
         arrays[f"umap_{sp}_index.npy"] = rows["index"].to_numpy(np.int64)
         raw["purity"][sp] = levels.purity(xy, rows["model"].to_numpy(), seed=s.seed)
         bar.update()
+        bar.close()
+        bar = progress.task(f"raw level ({sp}): NMI, silhouette, leave-one-design-out", 1)
         d = design_metrics(ws, sp, s)
         metrics["nmi"][sp] = {f: v["value"] for f, v in d["nmi"].items()}
         metrics["silhouette"][sp] = {f: v["value"] for f, v in d["silhouette"].items()}
@@ -140,6 +144,7 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
         raw["nmi"][sp], raw["silhouette"][sp] = d["nmi"], d["silhouette"]
         raw["lodo"][sp] = {f: {"accuracy": v["accuracy"], "chance": v["chance"], "folds": v["folds"]} for f, v in d["lomo"].items()}
         bar.update()
+        bar.close()
     found: dict = {}
     if "raw" in wanted:
         found["raw"] = raw
@@ -147,6 +152,7 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     if "learned" in wanted:
         found["learned"] = {"nmi": {}, "lodo": {}, "silhouette": {}, "purity": {}}
         for sp, (f, rows) in learned_feats.items():
+            bar = progress.task(f"learned level ({sp}): map, NMI, silhouette", 1)
             z = _standardised(f)
             xy = fingerprint_map.umap_2d(z, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
             arrays[f"umap_learned_{sp}.npy"] = xy
@@ -158,10 +164,12 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
             found["learned"]["nmi"][sp], found["learned"]["silhouette"][sp] = d["nmi"], d["silhouette"]
             found["learned"]["purity"][sp] = levels.purity(xy, rows["model"].to_numpy(), seed=s.seed)
             bar.update()
+            bar.close()
     if "model" in wanted:
         generated = list(table["model"])
         m: dict = {"models": generated, "distance": {}, "tests": {}, "clustering": {}, "order": {}, "nesting": levels.nesting(table)}
         for sp in spaces:
+            bar = progress.task(f"model level ({sp}): distances, tests, clustering", 1)
             lf = None
             if sp in learned_feats:
                 f, rows = learned_feats[sp]
@@ -172,13 +180,15 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
             primary = dist["learned_means"] if "learned_means" in dist else dist["energy"]
             m["order"][sp] = [generated[i] for i in model_level.leaf_order(primary)]
             bar.update()
+            bar.close()
         found["model"] = m
     if "rgb" in spaces:  # per model, stacked in the order of models.npy
+        bar = progress.task("spectra (rgb)", 1)
         per_model = [spectra.model_spectra(np.asarray(ws.images(m)), ws.artifacts(m, "rgb")) for m in models]
         for part in ("artifact", "sample", "artifact_profile", "sample_profile"):
             arrays[f"spectra_{part}.npy"] = np.stack([getattr(x, part) for x in per_model]).astype(np.float32)
-    bar.update()
-    bar.close()
+        bar.update()
+        bar.close()
     metrics["levels"] = found
     metrics["reading"] = levels.reading(found)
     metrics = _json_safe(metrics)
@@ -190,6 +200,12 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
         ws.manifest["analysis"] = {"key": key, "dir": rel}
         ws.commit(collect=("analysis-", "learned", "lodo"))
     return with_learned_lodo(ws, metrics)
+
+
+def _map_name(space: str, level: str) -> str:
+    if level not in ("raw", "learned"):
+        raise ValueError(f"level {level!r}: a map is drawn at the raw or the learned level")
+    return f"umap_{space}" if level == "raw" else f"umap_learned_{space}"
 
 
 def _standardised(f: np.ndarray) -> np.ndarray:
@@ -255,7 +271,8 @@ class Analysis:
         if not entry:
             return None
         d = ws.path / entry["dir"]
-        found = cls(d, json.loads((d / "metrics.json").read_text()), [str(m) for m in np.load(d / "models.npy")])
+        metrics = with_learned_lodo(ws, json.loads((d / "metrics.json").read_text()))
+        found = cls(d, metrics, [str(m) for m in np.load(d / "models.npy")])
         found.key = entry.get("key")
         return found
 
@@ -276,11 +293,22 @@ class Analysis:
     def _npy(self, name: str) -> np.ndarray:
         return np.load(self.path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
 
-    def fingerprint_map(self, space: str) -> pd.DataFrame:
-        """One row per sample: model, index (into the model's samples), x, y."""
-        xy = self._npy(f"umap_{space}")
-        model = np.asarray(self.models)[self._npy(f"umap_{space}_model")]
-        return pd.DataFrame({"model": model, "index": self._npy(f"umap_{space}_index"), "x": xy[:, 0], "y": xy[:, 1]})
+    def map_levels(self, space: str) -> list[str]:
+        """The fingerprint levels with a map in this space: "learned" (when present) first, then "raw"."""
+        return [v for v in ("learned", "raw") if (self.path / f"{_map_name(space, v)}.npy").is_file()]
+
+    def fingerprint_map(self, space: str, level: str = "raw") -> pd.DataFrame:
+        """One row per sample: model, index (into the model's samples), x, y. At the learned level only
+        the test samples, which the design-blind attributor never trained on."""
+        name = _map_name(space, level)
+        xy = self._npy(name)
+        model = np.asarray(self.models)[self._npy(f"{name}_model")]
+        return pd.DataFrame({"model": model, "index": self._npy(f"{name}_index"), "x": xy[:, 0], "y": xy[:, 1]})
+
+    @property
+    def levels(self) -> dict:
+        """The per-level metrics (raw, learned, model) of `manifpt analyze`, as in its --json output."""
+        return self.metrics.get("levels", {})
 
     def spectra(self, model: str) -> spectra.ModelSpectra:
         """The mean log power spectra of a model's RGB artifacts and samples, and their profiles."""
