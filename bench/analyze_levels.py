@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -43,16 +42,6 @@ class Steps:
 
     def log(self, message: str) -> None:
         pass
-
-
-def cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load() -> str:
@@ -102,7 +91,9 @@ def main() -> int:
     src = args.workspace or default_workspace()
     import torch
 
-    print(f"CPU: {cpu()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+    from fingerprint_core.devices import cpu_name
+
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"load average before: {load()}")
     print(f"workspace: {src}\n")
     variants = [("from scratch", None)] + ([("with shipped learned attributors", args.shipped)] if args.shipped.is_dir() else [])

@@ -76,4 +76,11 @@ def build(
 
         _, why = learned.install(Workspace.open(report.workspace), shipped_learned)
         report.warnings.extend(why)
+    shipped_lodo = assets / "lodo_learned"
+    if shipped_lodo.is_dir():  # the learned leave-one-design-out's folds (about 15 minutes of training)
+        from fingerprint_core.analysis import learned
+        from fingerprint_core.workspace import Workspace
+
+        _, why = learned.install_lodo(Workspace.open(report.workspace), shipped_lodo)
+        report.warnings.extend(why)
     return report

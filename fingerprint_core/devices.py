@@ -21,15 +21,27 @@ def resolve(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
+def _cpuinfo(field: str) -> str | None:
+    """The first value of a /proc/cpuinfo field (Linux), else None."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return frozenset()
+    return None
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name (what every benchmark figure states beside it)."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def fast_int8(device: torch.device) -> bool:

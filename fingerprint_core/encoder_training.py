@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -415,16 +414,6 @@ def _describe_augment(a: Augment) -> str:
     return "; ".join(parts)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def train_config_from_dict(raw: dict) -> TrainConfig:
     """The TrainConfig stored (as JSON) in a weights file's metadata."""
     aug = {k: tuple(v) if isinstance(v, list) else v for k, v in raw["augment"].items()}
@@ -493,7 +482,7 @@ def _finish(out: Path, kind: str, result: TrainResult, cfg: TrainConfig, *, data
     encoders.save(
         result.model, weights, kind=kind, train_config=asdict(cfg), data=data, command=command,
         epochs=cfg.epochs, seed=cfg.seed, wall_time_s=round(result.wall_time_s, 1), device=result.device,
-        threads=torch.get_num_threads(), cpu=_cpu_name(), torch=torch.__version__,
+        threads=torch.get_num_threads(), cpu=devices.cpu_name(), torch=torch.__version__,
         macs_per_image=encoders.macs_per_image(result.model.cfg), params=encoders.num_params(result.model),
         history=result.history, metrics=metrics, **meta,
     )

@@ -146,3 +146,51 @@ def show_page(page, title: str, chart: int) -> object:
     charts.nth(chart).locator(".main-svg").first.wait_for(timeout=60_000)
     return charts
 
+
+def choose_segment(page, control: str, option: str) -> None:
+    """Click an option of a segmented control (by their labels) and wait for the rerun it starts."""
+    group = page.get_by_test_id("stMain").get_by_role("radiogroup", name=control, exact=True)
+    group.get_by_role("radio", name=option, exact=True).click()
+    page.wait_for_timeout(300)  # the rerun starts
+    wait_for_app_run(page)
+
+
+def tick_texts(chart, axis: str) -> list[str]:
+    """The tick labels a plotly chart draws on its main x or y axis (first subplot), in order."""
+    ticks = chart.locator(f".{axis}axislayer-above").first.locator(f".{axis}tick text")
+    return [ticks.nth(i).text_content() for i in range(ticks.count())]
+
+
+def small_png(source: Path, target: Path, *, width: int = 1400, max_bytes: int = 300_000) -> None:
+    """A copy of a screenshot for the README: at most width pixels wide, in a 256-colour palette (under max_bytes)."""
+    from PIL import Image
+
+    img = Image.open(source).convert("RGB")
+    if img.width > width:
+        img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for colours in (256, 128, 64):
+        img.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(target, optimize=True)
+        if target.stat().st_size <= max_bytes:
+            return
+    raise AssertionError(f"{target} is {target.stat().st_size:,} bytes, over {max_bytes:,}")
+
+
+def demo_workspace(tmp_path_factory) -> Path:
+    """The analysed demo: MANIFPT_DEMO_WORKSPACE when set (only read), else built and analysed here (minutes; the
+    test is skipped where the demo cannot be built)."""
+    given = os.environ.get("MANIFPT_DEMO_WORKSPACE")
+    if given:
+        return Path(given)
+    from fingerprint_core import demo
+    from fingerprint_core.analysis.run import analyze
+    from fingerprint_core.datasets import DatasetError
+    from fingerprint_core.workspace import Workspace
+
+    path = tmp_path_factory.mktemp("demo") / "demo"
+    try:
+        demo.build(path, device="cpu")
+    except DatasetError as e:  # no Fashion-MNIST: scripts/setup.sh installs it
+        pytest.skip(f"the demo cannot be built here: {e}")
+    analyze(Workspace.open(path))
+    return path

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from app_util import charts
 from gmdata import make_gm_dataset
 
 # Upload file names (a browser sends any name; zip members may hold "/").
@@ -213,3 +214,21 @@ def plotly_shown(s: str) -> str:
                   lambda m: (chr(int(m.group(1)[2:], 16)) if m.group(1).startswith("#x") else
                              chr(int(m.group(1)[1:])) if m.group(1).startswith("#") else named.get(m.group(1), m.group())),
                   s)
+
+
+# ---- a page of the app -------------------------------------------------------------------------------------
+
+
+def assert_page_shows_names_as_text(at, must_show: list[str]) -> None:
+    """No markdown the page sent holds live markup; each of must_show appears as text; no figure label acts."""
+    assert not at.exception, [e.value for e in at.exception]
+    sources = markdown_sources(at)
+    assert [(s, live_markup(s)) for s in sources if live_markup(s)] == []
+    everything = " ".join(shown(s) for s in sources)
+    missing = [n for n in must_show if n not in everything]
+    assert not missing, missing
+    for fig in charts(at):
+        strings = plotly_strings(fig)
+        assert [s for s in strings if live_plotly(s)] == []
+        assert not any(raw in s for raw in (MODEL, UPSAMPLING, COLUMN) for s in strings)
+        assert not any("<b>*x*" in s or "*x* %{x}" in s for s in strings)

@@ -102,7 +102,7 @@ def test_run_button_starts_a_background_analysis_the_page_follows_to_the_map(mon
 
 @pytest.mark.slow
 def test_map_shows_every_sample_once_coloured_by_model(monkeypatch, analysed_workspace_root, analysed_ws):
-    at = open_page(monkeypatch, analysed_workspace_root, "page_map.py")
+    at = open_page(monkeypatch, analysed_workspace_root, "page_map.py", {"map_level": "raw"})  # every sample
 
     (fig,) = charts(at)
     traces = fig["data"]
@@ -114,7 +114,7 @@ def test_map_shows_every_sample_once_coloured_by_model(monkeypatch, analysed_wor
     assert "family: gan" in traces[1]["hovertemplate"] and "upsampling: transposed_conv" in traces[1]["hovertemplate"]
     assert traces[0]["marker"]["color"] == fa.REAL_COLOR
     assert "Select a region" in at.info[0].value
-    assert "126 samples from 5 sets in the rgb space" in " ".join(c.value for c in at.caption)
+    assert "126 samples from 5 sets in the rgb space, raw level" in " ".join(c.value for c in at.caption)
 
 
 def menu_colouring(fig: dict, label: str) -> tuple[dict, dict, list[int]]:
@@ -161,10 +161,10 @@ def test_a_selection_opens_the_grid_without_redrawing_the_map(monkeypatch, analy
     frame = pd.concat([pd.DataFrame({"model": m, "index": np.arange(n)}) for m, n in
                        (*((m, 24) for m in MODELS), ("real", 30))], ignore_index=True)  # the order of models.npy
     rows = [0, 1, 2, 30, 100, 101]  # 3 samples of toy_gan, 1 of toy_vae, 2 real images
-    where = f"{analysed_ws}|{workspace_stamp(analysed_ws)}|rgb"
-    (unselected,) = charts(open_page(monkeypatch, analysed_workspace_root, "page_map.py"))
+    where = f"{analysed_ws}|{workspace_stamp(analysed_ws)}|rgb|raw"
+    (unselected,) = charts(open_page(monkeypatch, analysed_workspace_root, "page_map.py", {"map_level": "raw"}))
     at = open_page(monkeypatch, analysed_workspace_root, "page_map.py",
-                   {"map_selection": {"where": where, "rows": rows}})
+                   {"map_level": "raw", "map_selection": {"where": where, "rows": rows}})
 
     assert at.subheader[0].value == "Selection: 6 samples from 3 models"
     counts = at.dataframe[0].value
@@ -254,7 +254,7 @@ def test_spectra_pair_shows_two_models_and_their_difference(monkeypatch, analyse
 
 
 @pytest.mark.slow
-def test_design_page_tables_beside_the_paper_and_a_reading(monkeypatch, analysed_workspace_root, analysed_ws):
+def test_design_page_levels_beside_the_paper_and_a_reading(monkeypatch, analysed_workspace_root, analysed_ws):
     from fingerprint_core.analysis.run import Analysis
     from fingerprint_core.workspace import Workspace
 
@@ -262,30 +262,32 @@ def test_design_page_tables_beside_the_paper_and_a_reading(monkeypatch, analysed
     at = open_page(monkeypatch, analysed_workspace_root, "page_design.py")
 
     nmi, lomo = charts(at)
-    ours, paper = nmi["data"]
-    assert ours["y"] == ["rgb", "freq"] and paper["y"] == ["rgb", "freq", "sl", "ssl"]
-    col = ours["x"].index("upsampling")
-    assert decode(ours["z"])[1][col] == pytest.approx(metrics["nmi"]["freq"]["upsampling"])
-    assert decode(paper["z"])[0][paper["x"].index("upsampling")] == pytest.approx(0.625)  # Table 5, RGB, Up
+    assert [a["text"] for a in nmi["layout"]["annotations"]] == ["rgb", "freq"]  # a row per space
+    groups = nmi["layout"]["xaxis"]["ticktext"]
+    raw = [t for t in nmi["data"] if t["name"] == "raw level"][1]  # the freq row
+    values = dict(zip([groups[int(v)] for v in decode(raw["x"])], decode(raw["y"]), strict=True))
+    assert values["upsampling"] == pytest.approx(metrics["nmi"]["freq"]["upsampling"])  # the raw level's numbers
+    paper = [t for t in nmi["data"] if t["name"] == "paper, Table 5 (its datasets)"][0]
+    table5 = dict(zip([groups[int(v)] for v in decode(paper["x"])], decode(paper["y"]), strict=True))
+    assert table5["upsampling"] == pytest.approx(0.625)  # Table 5, RGB, Up
     bars = [t for t in lomo["data"] if t["type"] == "bar"]
-    assert [b["name"] for b in bars] == ["rgb", "freq"]
-    ticks = [t for t in lomo["data"] if t["name"] == "chance"]
-    assert len(ticks) == 2
+    assert [b["legendgroup"] for b in bars] == ["raw", "raw"]  # one per space; no learned folds here
+    assert len([t for t in lomo["data"] if t["name"] == "chance"]) == 2
 
     reading = " ".join(m.value for m in at.markdown if m.value.startswith("- "))
-    best = max(metrics["nmi"]["freq"], key=lambda f: metrics["nmi"]["freq"][f] or -1)
-    assert f"**{best}** in freq" in reading
-    assert "chance" in reading
+    assert "Holm p" in reading and "chance" in reading
     # in the toy design, every gan is batch-normed and every vae group-normed
     assert "**family**, **normalization** divide the models into the same groups" in reading
+    assert "--lodo-learned" in " ".join(c.value for c in at.caption)  # how to get the learned level's folds
 
     numbers = at.dataframe[-1].value
-    assert len(numbers) == sum(len(v) for v in metrics["nmi"].values())
-    assert {"NMI low", "NMI high", "silhouette", "held-out accuracy", "chance"} <= set(numbers.columns)
+    raw_rows = numbers[numbers["level"] == "raw"]
+    assert len(raw_rows) == sum(len(v) for v in metrics["nmi"].values())
+    assert {"NMI low", "NMI high", "null mean", "null 95th pct", "silhouette", "held-out accuracy", "chance"} <= set(numbers.columns)
 
     at.selectbox(key="design_fold_space").set_value("freq").run()
     at.selectbox(key="design_fold_factor").set_value("upsampling").run()
-    folds = at.expander[0].dataframe[0].value
+    folds = at.expander[1].dataframe[0].value
     assert len(folds) == 4 and set(folds["truth"]) == {"transposed_conv", "bilinear_conv"}
 
 

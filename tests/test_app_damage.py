@@ -12,7 +12,8 @@ from streamlit.testing.v1 import AppTest
 from app_util import MAIN
 from test_safety import DAMAGES
 
-PAGES = ["page_models.py", "page_map.py", "page_spectra.py", "page_design.py", "page_attribute.py", "page_benchmark.py"]
+PAGES = ["page_models.py", "page_map.py", "page_spectra.py", "page_design.py", "page_similarity.py", "page_attribute.py",
+         "page_benchmark.py"]
 
 
 @pytest.fixture(scope="module")

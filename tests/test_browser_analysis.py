@@ -13,6 +13,7 @@ from analysis_util import analysed_root
 from browser_util import (
     ARTIFACTS,
     choose_colouring,
+    choose_segment,
     chromium_page,
     drag_box,
     legend_texts,
@@ -49,6 +50,10 @@ def test_box_selection_on_the_map_opens_the_sample_grid(app_server: str, browser
     plot_area.wait_for(timeout=30_000)
     assert page.get_by_test_id("stException").count() == 0
     assert "Select a region" in page.get_by_test_id("stMain").inner_text()
+    choose_segment(page, "Level", "raw")  # the raw level: every sample (the learned one holds the test samples only)
+    plot_area = chart.locator(".nsewdrag").first
+    plot_area.wait_for(timeout=30_000)
+    assert "126 samples from 5 sets in the rgb space, raw level" in page.get_by_test_id("stMain").inner_text()
 
     drag_box(page, plot_area, 0.01, 0.01, 0.99, 0.99)  # the whole map: every sample
 

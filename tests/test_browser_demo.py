@@ -8,16 +8,17 @@ names one already built and analysed (`manifpt demo`, then `manifpt analyze`); t
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import browser_util
 from browser_util import (
     ARTIFACTS,
     choose_colouring,
+    choose_segment,
     chromium_page,
     drag_box,
     legend_texts,
@@ -33,21 +34,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.demo]
 
 @pytest.fixture(scope="module")
 def demo_workspace(tmp_path_factory) -> Path:
-    given = os.environ.get("MANIFPT_DEMO_WORKSPACE")
-    if given:
-        return Path(given)
-    from fingerprint_core import demo
-    from fingerprint_core.analysis.run import analyze
-    from fingerprint_core.datasets import DatasetError
-    from fingerprint_core.workspace import Workspace
-
-    path = tmp_path_factory.mktemp("demo") / "demo"
-    try:
-        demo.build(path, device="cpu")
-    except DatasetError as e:  # no Fashion-MNIST: scripts/setup.sh installs it
-        pytest.skip(f"the demo cannot be built here: {e}")
-    analyze(Workspace.open(path))
-    return path
+    return browser_util.demo_workspace(tmp_path_factory)
 
 
 @pytest.fixture
@@ -66,6 +53,8 @@ def test_the_structure_explorer_on_the_demo(app_server: str, demo_workspace: Pat
         wait_for_app_run(page)
         open_page(page, "Fingerprint map")
         chart = page.get_by_test_id("stPlotlyChart").first
+        chart.locator(".legendtext").first.wait_for(timeout=120_000)
+        choose_segment(page, "Level", "raw")  # every sample (the map opens at the learned level: test samples only)
         chart.locator(".legendtext").first.wait_for(timeout=120_000)
         main = page.get_by_test_id("stMain").inner_text()
         n_points = int(re.search(r"([\d,]+) samples from (\d+) sets", main).group(1).replace(",", ""))

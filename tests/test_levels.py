@@ -135,6 +135,17 @@ def test_learned_leave_one_design_out_predicts_the_upsampling_of_unseen_designs(
     learned.lodo(ws, "rgb", device="cpu")
     assert {rel: (copy / rel / "fold.json").stat().st_mtime_ns for rel in folds.values()} == before
     assert pd.notna(lodo["chance"])
+    # shipped with a dataset: the folds install into a workspace made from the same data, no training
+    shipped = tmp_path / "shipped-lodo"
+    assert learned.export_lodo(ws, shipped) == 12
+    fresh = tmp_path / "fresh-lodo"
+    shutil.copytree(copy, fresh)
+    f = Workspace.open(fresh)
+    with f.writing():
+        f.manifest.pop("lodo_learned")
+        f.commit(collect=("lodo",))
+    assert learned.install_lodo(Workspace.open(fresh), shipped) == (12, [])
+    assert learned.lodo_summary(Workspace.open(fresh)) == learned.lodo_summary(Workspace.open(copy))
 
 
 def test_shipped_learned_attributors_install_without_training(known, tmp_path, monkeypatch):

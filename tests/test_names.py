@@ -25,10 +25,10 @@ from names_util import (
     OTHER_MODEL,
     UPSAMPLING,
     WORKSPACE,
+    assert_page_shows_names_as_text,
     hostile_root,
     live_markup,
     live_plotly,
-    markdown_sources,
     model_png,
     plotly_shown,
     plotly_strings,
@@ -131,9 +131,6 @@ def test_figure_builders_escape_every_name():
     assert_plotly_text(fa.profile_figure([(MODEL, UPSAMPLING, np.ones(4))], size=8, ylabel="p", legend_title=COLUMN),
                        [MODEL, UPSAMPLING, COLUMN])
     assert_plotly_text(fa.pair_figure(z, z, MODEL, "real", diverging=False, colorbar_title="p"), [MODEL])
-    table = pd.DataFrame({COLUMN: [0.5], "loss": [0.2]}, index=["rgb"])
-    assert_plotly_text(fa.nmi_figure(table, table), [COLUMN])
-    assert_plotly_text(fa.lomo_figure(table, table), [COLUMN])
     top = [{"model": MODEL, "p": 0.8}, {"model": "real", "p": 0.2}]
     assert_plotly_text(fat.top_models_figure(top), [MODEL])
     uploads = pd.DataFrame({"file": [FILE_LINK, FILE_IMAGE], "model": [MODEL, MODEL], "verdict": ["known", "unknown"]})
@@ -166,21 +163,6 @@ def root(tmp_path_factory) -> Path:
     return hostile_root(tmp_path_factory)
 
 
-def assert_page_shows_names_as_text(at, must_show: list[str]) -> None:
-    """No markdown the page sent holds live markup; each of must_show appears as text; no figure label acts."""
-    assert not at.exception, [e.value for e in at.exception]
-    sources = markdown_sources(at)
-    assert [(s, live_markup(s)) for s in sources if live_markup(s)] == []
-    everything = " ".join(shown(s) for s in sources)
-    missing = [n for n in must_show if n not in everything]
-    assert not missing, missing
-    for fig in charts(at):
-        strings = plotly_strings(fig)
-        assert [s for s in strings if live_plotly(s)] == []
-        assert not any(raw in s for raw in (MODEL, UPSAMPLING, COLUMN) for s in strings)
-        assert not any("<b>*x*" in s or "*x* %{x}" in s for s in strings)
-
-
 def test_models_page_shows_the_workspace_and_model_names_as_text(monkeypatch, root):
     at = open_page(monkeypatch, root, "page_models.py")
 
@@ -199,8 +181,9 @@ def test_map_page_shows_model_and_design_names_as_text(monkeypatch, root):
     from app import state
 
     path = str(root / WORKSPACE)
-    where = f"{path}|{state.stamp(path)}|rgb"
-    at = open_page(monkeypatch, root, "page_map.py", {"map_selection": {"where": where, "rows": list(range(0, 80, 3))}})
+    where = f"{path}|{state.stamp(path)}|rgb|raw"
+    at = open_page(monkeypatch, root, "page_map.py",
+                   {"map_level": "raw", "map_selection": {"where": where, "rows": list(range(0, 80, 3))}})
 
     assert_page_shows_names_as_text(at, [])
     assert at.dataframe and at.get("plotly_chart")  # the selection panel is there too
@@ -224,8 +207,8 @@ def test_design_page_shows_design_column_names_as_text(monkeypatch, root):
     at = open_page(monkeypatch, root, "page_design.py")
 
     assert_page_shows_names_as_text(at, [COLUMN])  # the reading names it
-    nmi = charts(at)[0]["data"][0]
-    assert COLUMN in [plotly_shown(x) for x in nmi["x"]]
+    nmi = charts(at)[0]["layout"]["xaxis"]
+    assert COLUMN in [plotly_shown(x) for x in nmi["ticktext"]]
 
 
 def test_attribute_page_shows_upload_model_and_workspace_names_as_text(monkeypatch, root):

@@ -318,3 +318,47 @@ def lodo_summary(ws: Workspace) -> dict:
                 "folds": [{"design": x["design"], "models": x["models"], "n": x["n"], **x["factors"][factor]} for x in scored],
             }
     return out
+
+
+def export_lodo(ws: Workspace, folder: Path) -> int:
+    """Write the finished learned leave-one-design-out folds into folder/<space>/ (one JSON per fold, with its key)."""
+    from fingerprint_core.fsio import atomic_write
+
+    n = 0
+    for space, record in (ws.manifest.get(LODO) or {}).items():
+        (Path(folder) / space).mkdir(parents=True, exist_ok=True)
+        for i, rel in enumerate(record.get("folds", {}).values()):
+            doc = {"entry": Path(rel).name, "fold": json.loads((ws.file(rel) / FOLD).read_text())}
+            atomic_write(Path(folder) / space / f"fold-{i:02d}.json", json.dumps(doc, indent=1).encode())
+            n += 1
+    return n
+
+
+def install_lodo(ws: Workspace, folder: Path, s: LearnedSettings = LearnedSettings()) -> tuple[int, list[str]]:
+    """Install shipped folds whose keys match this workspace's (same artifacts, designs and settings)."""
+    from fingerprint_core import protocol
+
+    table = ws.design().astype(str)
+    table = table[table["model"].isin(ws.model_names())].reset_index(drop=True)
+    installed, why = 0, []
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir()):
+        space = sub.name
+        if space not in ws.space_names():
+            continue
+        wanted = {f"{space}-{fold_key(ws, space, s, f.design, f.models)}": f.design for f in protocol.lodo_folds(table)}
+        shipped = [json.loads(p.read_text()) for p in sorted(sub.glob("fold-*.json"))]
+        matching = [d for d in shipped if d["entry"] in wanted]
+        if len(matching) < len(shipped):
+            why.append(f"shipped learned leave-one-design-out ({space}): {len(shipped) - len(matching)} fold(s) were made "
+                       f"from other artifacts or settings; `manifpt analyze {ws.path} --lodo-learned` recomputes them")
+        if not matching:
+            continue
+        with ws.writing(wait_s=60):
+            record = ws.manifest.setdefault(LODO, {}).setdefault(space, {"folds": {}})
+            record["settings"] = asdict(s)
+            for d in matching:
+                rel = ws.write_entry(f"lodo/{d['entry']}", {}, files={FOLD: json.dumps(d["fold"], indent=1).encode()})
+                record["folds"][wanted[d["entry"]]] = rel
+                installed += 1
+            ws.commit()
+    return installed, why
