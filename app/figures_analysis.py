@@ -386,61 +386,6 @@ def space_factor_frame(values: Mapping[str, Mapping[str, float | None]]) -> pd.D
     return df.apply(pd.to_numeric, errors="coerce").astype(float).rename_axis("space")
 
 
-def nmi_figure(
-    ours: pd.DataFrame, paper: pd.DataFrame, *, low: pd.DataFrame | None = None, high: pd.DataFrame | None = None
-) -> go.Figure:
-    """Our NMI table (spaces x factors) beside the paper's Table 5, on one colour scale from 0 to 1."""
-    fig = make_subplots(rows=1, cols=2, column_widths=[max(ours.shape[1], 1), max(paper.shape[1], 1)],
-                        subplot_titles=["this workspace", "paper, Table 5 (its datasets)"], horizontal_spacing=0.08)
-    for col, df in ((1, ours), (2, paper)):
-        z = df.to_numpy(float)
-        text = [[("–" if not np.isfinite(v) else f"{v:.2f}") for v in row] for row in z]
-        custom = None
-        hover = "%{y}, %{x}: NMI %{z:.3f}<extra></extra>"
-        if col == 1 and low is not None and high is not None:
-            lo, hi = low.reindex_like(df).to_numpy(float), high.reindex_like(df).to_numpy(float)
-            custom = np.dstack([lo, hi])
-            hover = ("%{y}, %{x}: NMI %{z:.3f}<br>95% bootstrap interval "
-                     "[%{customdata[0]:.3f}, %{customdata[1]:.3f}]<extra></extra>")
-        fig.add_trace(go.Heatmap(
-            z=z, x=[plotly_label(c) for c in df.columns], y=[plotly_label(i) for i in df.index], text=text,
-            texttemplate="%{text}", textfont=dict(size=12),
-            customdata=custom, hovertemplate=hover, coloraxis="coloraxis", xgap=2, ygap=2,
-        ), row=1, col=col)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(
-        coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar=dict(title=dict(text="NMI"), thickness=12)),
-        height=90 + 46 * max(len(ours), len(paper), 1), margin=dict(l=10, r=10, t=40, b=10),
-    )
-    return fig
-
-
-def lomo_figure(accuracy: pd.DataFrame, chance: pd.DataFrame) -> go.Figure:
-    """Leave-one-design-out accuracy per factor (bars), one panel per space, chance level as a black tick."""
-    spaces = list(accuracy.index)
-    fig = make_subplots(rows=1, cols=max(len(spaces), 1), subplot_titles=[plotly_label(sp) for sp in spaces],
-                        shared_yaxes=True, horizontal_spacing=0.03)
-    colors = level_colors(spaces)
-    for i, sp in enumerate(spaces, start=1):
-        acc, ch = accuracy.loc[sp], chance.reindex_like(accuracy).loc[sp]
-        factors = [plotly_label(f) for f in acc.index]
-        fig.add_trace(go.Bar(
-            x=factors, y=acc.to_numpy(float), marker_color=colors[sp], name=plotly_label(sp), showlegend=False,
-            text=[("n/a" if not np.isfinite(v) else f"{v:.0%}") for v in acc.to_numpy(float)], textposition="outside",
-            hovertemplate=f"{plotly_label(sp)}, %{{x}}: accuracy %{{y:.1%}}<extra></extra>",
-        ), row=1, col=i)
-        fig.add_trace(go.Scatter(
-            x=factors, y=ch.to_numpy(float), mode="markers", name="chance", showlegend=i == 1, legendgroup="chance",
-            marker=dict(symbol="line-ew", size=26, line=dict(width=3, color="#111827")),
-            hovertemplate=f"{plotly_label(sp)}, %{{x}}: chance %{{y:.1%}}<extra></extra>",
-        ), row=1, col=i)
-    fig.update_yaxes(range=[0, 1.12], tickformat=".0%")
-    fig.update_yaxes(title_text="held-out design accuracy", row=1, col=1)
-    fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), bargap=0.35,
-                      legend=dict(orientation="h", y=1.12, x=1, xanchor="right"))
-    return fig
-
-
 def _pct(v: float) -> str:
     return f"{v:.0%}"
 

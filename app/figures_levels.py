@@ -133,7 +133,7 @@ def levels_nmi_figure(levels: Mapping, spaces: Sequence[str] | None = None,
                     fig.add_trace(go.Bar(
                         x=[groups.index(g) for g, _ in cells], y=[v for _, v in cells], width=slot * 0.6,
                         offset=left + slot * 0.2, name="paper, Table 5 (its datasets)", legendgroup="paper",
-                        showlegend=once("paper"), marker=dict(color="white", line=dict(color=PAPER_COLOR, width=1.5)),
+                        showlegend=once("paper"), legendrank=900, marker=dict(color="white", line=dict(color=PAPER_COLOR, width=1.5)),
                         hovertext=[f"<b>{plotly_label(g)}</b> · paper, Table 5 · {plotly_label(sp)}<br>NMI {v:.3f} "
                                    "(its CIFAR-10, CelebA, FFHQ models)" for g, v in cells],
                         hovertemplate="%{hovertext}<extra></extra>",
@@ -149,7 +149,7 @@ def levels_nmi_figure(levels: Mapping, spaces: Sequence[str] | None = None,
                     x=[groups.index(g) for g, _ in band], base=[v["null_mean"] for _, v in band],
                     y=[max(v["null_p95"] - v["null_mean"], 0.004) for _, v in band], width=slot * 0.94,
                     offset=left + slot * 0.03, marker=dict(color=NULL_COLOR, line=dict(width=0)), name=NULL_NAME,
-                    legendgroup="null", showlegend=once("null"), meta=f"null band · {lv} · {sp}",
+                    legendgroup="null", showlegend=once("null"), legendrank=800, meta=f"null band · {lv} · {sp}",
                     hovertext=[f"<b>{plotly_label(g)}</b> · {lv} level · {plotly_label(sp)}<br>design null: mean "
                                f"{v['null_mean']:.3f}, 95th pct {v['null_p95']:.3f}" for g, v in band],
                     hovertemplate="%{hovertext}<extra></extra>",
@@ -159,7 +159,7 @@ def levels_nmi_figure(levels: Mapping, spaces: Sequence[str] | None = None,
                 fig.add_trace(go.Scatter(
                     x=[groups.index(g) + left + slot / 2 for g, _ in ticks], y=[v["null_p95"] for _, v in ticks],
                     mode="markers", marker=dict(symbol="line-ew", size=16, line=dict(width=3, color="#6B7280")),
-                    name=NULL_TICK_NAME, legendgroup="null-tick", showlegend=once("null-tick"),
+                    name=NULL_TICK_NAME, legendgroup="null-tick", showlegend=once("null-tick"), legendrank=810,
                     meta=f"null tick · {lv} · {sp}",
                     hovertext=[f"<b>{plotly_label(g)}</b> · {lv} level · {plotly_label(sp)}<br>design null: 95th pct "
                                f"{v['null_p95']:.3f}" for g, v in ticks],
@@ -167,7 +167,7 @@ def levels_nmi_figure(levels: Mapping, spaces: Sequence[str] | None = None,
                 ), row=r, col=1)
             fig.add_trace(go.Bar(
                 x=[groups.index(g) for g, _ in cells], y=[v["value"] for _, v in cells], width=slot * 0.55,
-                offset=left + slot * 0.225, name=f"{lv} level", legendgroup=lv, showlegend=once(lv),
+                offset=left + slot * 0.225, name=f"{lv} level", legendgroup=lv, showlegend=once(lv), legendrank=100 + j,
                 marker=dict(color=LEVEL_COLORS[lv], opacity=[0.45 if v.get("testable") is False else 1.0 for _, v in cells]),
                 text=["★" if (_num(v.get("p_holm")) is not None and v["p_holm"] < alpha) else "" for _, v in cells],
                 textposition="outside", textfont=dict(size=11, color=LEVEL_COLORS[lv]), cliponaxis=False,
@@ -175,7 +175,7 @@ def levels_nmi_figure(levels: Mapping, spaces: Sequence[str] | None = None,
             ), row=r, col=1)
         fig.update_yaxes(title_text="NMI", range=[0, 1.08], row=r, col=1)
     fig.update_xaxes(tickmode="array", tickvals=list(range(len(groups))), ticktext=[plotly_label(g) for g in groups],
-                     range=[-0.55, len(groups) - 0.45], showgrid=False)
+                     range=[-0.55, len(groups) - 0.45], showgrid=False, automargin=True, tickangle=-30)
     fig.update_layout(barmode="overlay", height=90 + 250 * n_rows, margin=dict(l=10, r=10, t=50, b=10),
                       legend=dict(orientation="h", y=1.0, yref="container", yanchor="top", x=0, xanchor="left"),
                       hovermode="closest", bargap=0)
@@ -191,49 +191,59 @@ def lodo_cells(levels: Mapping, level: str, space: str) -> dict[str, dict]:
     return dict((levels.get(level) or {}).get("lodo", {}).get(space) or {})
 
 
+LODO_SHORT = {"raw": "raw · LDA", "learned": "learned · nearest class mean"}
+
+
+def lodo_designs(levels: Mapping, level: str) -> int:
+    """How many designs were held out at a level (the most folds of any space and factor)."""
+    return max((len(v.get("folds") or []) for sp in level_spaces(levels) for v in lodo_cells(levels, level, sp).values()),
+               default=0)
+
+
 def levels_lodo_figure(levels: Mapping, spaces: Sequence[str] | None = None) -> go.Figure:
     """Leave-one-design-out accuracy per factor at the raw (LDA) and learned (nearest class mean) levels, one
-    panel per space, each bar with its chance as a black tick."""
+    row per space, each bar with its chance as a black tick across it."""
     spaces = [sp for sp in (level_spaces(levels) if spaces is None else spaces)
               if any(lodo_cells(levels, lv, sp) for lv in ("raw", "learned"))]
     present = [lv for lv in ("raw", "learned") if any(lodo_cells(levels, lv, sp) for sp in spaces)]
     factors = list(dict.fromkeys(f for sp in spaces for lv in present for f in lodo_cells(levels, lv, sp)))
-    fig = make_subplots(rows=1, cols=max(len(spaces), 1), shared_yaxes=True, horizontal_spacing=0.03,
+    n_rows = max(len(spaces), 1)
+    fig = make_subplots(rows=n_rows, cols=1, shared_xaxes=True, vertical_spacing=0.16 / n_rows if n_rows > 1 else 0,
                         subplot_titles=[plotly_label(sp) for sp in spaces] or [""])
     slot = 0.8 / max(len(present), 1)
     legend: set[str] = set()
-    for c, sp in enumerate(spaces, start=1):
+    for r, sp in enumerate(spaces, start=1):
         for j, lv in enumerate(present):
             tests = lodo_cells(levels, lv, sp)
             left = -0.4 + j * slot
             cells = [(f, tests[f]) for f in factors if f in tests]
             acc = [(f, v) for f, v in cells if _num(v.get("accuracy")) is not None]
             fig.add_trace(go.Bar(
-                x=[factors.index(f) for f, _ in acc], y=[v["accuracy"] for _, v in acc], width=slot * 0.8,
-                offset=left + slot * 0.1, marker_color=LEVEL_COLORS[lv], name=f"{lv} · {LODO_METHOD[lv].split(' (')[0]}",
-                legendgroup=lv, showlegend=lv not in legend, text=[f"{v['accuracy']:.0%}" for _, v in acc],
-                textposition="outside", cliponaxis=False,
+                x=[factors.index(f) for f, _ in acc], y=[v["accuracy"] for _, v in acc], width=slot * 0.7,
+                offset=left + slot * 0.15, marker_color=LEVEL_COLORS[lv], name=LODO_SHORT[lv], legendgroup=lv,
+                showlegend=lv not in legend, legendrank=100 + j, text=[f"{v['accuracy']:.0%}" for _, v in acc],
+                textposition="outside", cliponaxis=False, textfont=dict(size=10),
                 hovertext=[f"<b>{plotly_label(f)}</b> · {lv} level · {plotly_label(sp)}<br>held-out accuracy "
                            f"{v['accuracy']:.1%}, chance {_num(v.get('chance')) or float('nan'):.1%}<br>"
                            f"{len(v.get('folds') or [])} designs held out" for f, v in acc],
                 hovertemplate="%{hovertext}<extra></extra>",
-            ), row=1, col=c)
+            ), row=r, col=1)
             legend.add(lv)
             ch = [(f, v) for f, v in cells if _num(v.get("chance")) is not None]
             fig.add_trace(go.Scatter(
                 x=[factors.index(f) + left + slot / 2 for f, _ in ch], y=[v["chance"] for _, v in ch], mode="markers",
-                marker=dict(symbol="line-ew", size=18, line=dict(width=3, color="#111827")), name="chance",
-                legendgroup="chance", showlegend="chance" not in legend,
+                marker=dict(symbol="line-ew", size=16, line=dict(width=3, color="#111827")), name="chance",
+                legendgroup="chance", showlegend="chance" not in legend, legendrank=800,
                 hovertext=[f"<b>{plotly_label(f)}</b> · {lv} level · {plotly_label(sp)}<br>chance {v['chance']:.1%}"
                            for f, v in ch], hovertemplate="%{hovertext}<extra></extra>",
-            ), row=1, col=c)
+            ), row=r, col=1)
             legend.add("chance")
-        fig.update_xaxes(tickmode="array", tickvals=list(range(len(factors))),
-                         ticktext=[plotly_label(f) for f in factors], range=[-0.55, len(factors) - 0.45], row=1, col=c)
-    fig.update_yaxes(range=[0, 1.15], tickformat=".0%")
-    fig.update_yaxes(title_text="held-out design accuracy", row=1, col=1)
-    fig.update_layout(barmode="overlay", height=400, margin=dict(l=10, r=10, t=60, b=10),
+        fig.update_yaxes(range=[0, 1.18], tickformat=".0%", title_text="accuracy", row=r, col=1)
+    fig.update_xaxes(tickmode="array", tickvals=list(range(len(factors))), ticktext=[plotly_label(f) for f in factors],
+                     range=[-0.55, len(factors) - 0.45], automargin=True, tickangle=-30)
+    fig.update_layout(barmode="overlay", height=110 + 190 * n_rows, margin=dict(l=10, r=10, t=60, b=10),
                       legend=dict(orientation="h", y=1.0, yref="container", yanchor="top", x=0, xanchor="left"))
+    fig.update_annotations(font_size=13)
     return fig
 
 
@@ -316,9 +326,9 @@ def similarity_figure(
     name = DISTANCES.get(distance, plotly_label(distance))
     fig.add_trace(go.Heatmap(
         z=d, x=positions, y=positions, customdata=custom, xaxis="x", yaxis="y", zmin=lo, zmax=hi if hi > lo else lo + 1,
-        colorscale="Viridis", reversescale=True, name="distance",
-        colorbar=dict(title=dict(text=f"distance ({name})", side="top"), orientation="h", thickness=10, len=0.35,
-                      x=0, xanchor="left", xref="paper", y=1, yanchor="top", yref="container"),
+        colorscale="Viridis", name="distance",  # dark: close
+        colorbar=dict(title=dict(text=f"distance ({name})", side="top"), orientation="h", thickness=10, len=0.3,
+                      x=0, xanchor="left", xref="paper", y=1, yanchor="top", yref="container", ypad=4),
         hovertemplate=f"%{{customdata[0]}}<br>%{{customdata[1]}}<br>{name}: %{{z:.4g}}<extra></extra>",
     ))
     top0 = n * cell / plot_h  # the heatmap fills [0, top0] of the height and [0, right0] of the width
@@ -327,7 +337,7 @@ def similarity_figure(
         levels_f = list(colors[f])
         codes = [levels_f.index(level_of[f].get(m, "")) if level_of[f].get(m, "") in levels_f else 0 for m in shown]
         scale = _discrete_scale([colors[f][lv] for lv in levels_f])
-        y0 = (n * cell + gap + k * strip) / plot_h
+        y0 = (n * cell + gap + (nf - 1 - k) * strip) / plot_h  # the first factor on top, read like the legend
         x0 = (n * cell + gap + k * strip) / plot_w
         ax = k + 2
         hover = [f"{labels[i]}<br>{plotly_label(f)}: {plotly_label(level_of[f].get(m, ''))}" for i, m in enumerate(shown)]
@@ -376,21 +386,23 @@ def similarity_figure(
     return fig
 
 
-def share_table(tests: Mapping[str, Mapping], clustering: Mapping[str, Mapping] | None = None) -> pd.DataFrame:
-    """One row per test group: the share test on one distance (effect, relative effect, p, p without seed twins,
-    Holm p) and, when given, the clustering NMI beside its design null."""
-    rows = []
-    clustering = clustering or {}
-    for g in dict.fromkeys([*tests, *clustering]):
-        t, c = tests.get(g) or {}, clustering.get(g) or {}
-        rows.append({
-            "test group": g, "effect": _num(t.get("effect")), "relative effect": _num(t.get("relative_effect")),
-            "p": _num(t.get("p")), "p without twins": _num(t.get("p_without_twins")), "Holm p": _num(t.get("p_holm")),
-            "testable": t.get("testable"), "clustering NMI": _num(c.get("value")),
-            "NMI null 95th pct": _num(c.get("null_p95")), "NMI p": _num(c.get("p")), "NMI Holm p": _num(c.get("p_holm")),
-        })
+def share_table(tests: Mapping[str, Mapping]) -> pd.DataFrame:
+    """One row per test group: the share test on one distance (are models sharing the group's level closer?):
+    effect, relative effect, p, p without seed twins, Holm p, testable."""
+    rows = [{"test group": g, "effect": _num(t.get("effect")), "relative effect": _num(t.get("relative_effect")),
+             "p": _num(t.get("p")), "p without twins": _num(t.get("p_without_twins")), "Holm p": _num(t.get("p_holm")),
+             "testable": t.get("testable")} for g, t in tests.items() if t]
     return pd.DataFrame(rows, columns=["test group", "effect", "relative effect", "p", "p without twins", "Holm p",
-                                       "testable", "clustering NMI", "NMI null 95th pct", "NMI p", "NMI Holm p"])
+                                       "testable"])
+
+
+def clustering_table(clustering: Mapping[str, Mapping]) -> pd.DataFrame:
+    """One row per test group: the NMI of an average-linkage clustering of the models beside its design null."""
+    rows = [{"test group": g, "NMI": _num(c.get("value")), "null mean": _num(c.get("null_mean")),
+             "null 95th pct": _num(c.get("null_p95")), "p": _num(c.get("p")), "Holm p": _num(c.get("p_holm")),
+             "distance": DISTANCES.get(c.get("distance"), c.get("distance"))} for g, c in clustering.items() if c]
+    table = pd.DataFrame(rows, columns=["test group", "NMI", "null mean", "null 95th pct", "p", "Holm p", "distance"])
+    return table.drop(columns="null mean") if table["null mean"].isna().all() else table
 
 
 # ---- every number, one table -----------------------------------------------------------------------------------
@@ -422,9 +434,13 @@ def levels_numbers(levels: Mapping) -> pd.DataFrame:
 # ---- the reading: which level shows which factor, how sure, what does not hold --------------------------------
 
 
+def _v(x: float | None) -> str:
+    """An NMI as text: two decimals, three below 0.1 (where the raw level's values live)."""
+    return "–" if x is None else (f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.3f}")
+
+
 def _nmi_clause(space: str, v: Mapping, what: str = "NMI") -> str:
-    return (f"{md(space)}: {what} {v['value']:.2f} vs null 95th pct {_num(v.get('null_p95')) or 0:.2f}, "
-            f"Holm p {_p(v.get('p_holm'))}")
+    return f"{md(space)}: {what} {_v(_num(v['value']))} vs null 95th pct {_v(_num(v.get('null_p95')))}, Holm p {_p(v.get('p_holm'))}"
 
 
 def _evidence(levels: Mapping, group: str, alpha: float) -> dict[str, tuple[list, list, list]]:
@@ -469,61 +485,97 @@ def _share_clause(levels: Mapping, group: str, alpha: float) -> str:
     return text
 
 
+WHAT = {"raw": "NMI", "learned": "NMI", "model": "clustering NMI"}
+TINY = 0.05  # an NMI below this is called tiny, however sure its p-value
+
+
+def _margin(t: tuple[str, Mapping]) -> float:
+    return (_num(t[1].get("value")) or 0) - (_num(t[1].get("null_p95")) or 0)
+
+
 def group_line(levels: Mapping, group: str, alpha: float = ALPHA) -> str | None:
-    """One sentence on one test group: the levels that show it beyond the design null, and those that do not."""
+    """One sentence on a test group that some level shows beyond the design null (None otherwise): each such level
+    with its numbers, whether the values are tiny, the levels that do not show it, and the share test."""
     ev = _evidence(levels, group, alpha)
-    if not ev:
-        return None
-    what = {"raw": "NMI", "learned": "NMI", "model": "clustering NMI"}
     shown = [(lv, p) for lv, (p, _, _) in ev.items() if p]
+    if not shown:
+        return None
     not_shown = [(lv, f) for lv, (p, f, _) in ev.items() if not p and f]
     untestable = [lv for lv, (p, f, u) in ev.items() if u and not p and not f]
-    parts = []
-    if shown:
-        parts.append("shown at " + "; ".join(
-            f"the **{lv}** level ({'; '.join(_nmi_clause(sp, v, what[lv]) for sp, v in p)})" for lv, p in shown))
+    clauses = []
+    for lv, p in shown:
+        text = f"the **{lv}** level ({'; '.join(_nmi_clause(sp, v, WHAT[lv]) for sp, v in p)})"
+        if all((_num(v.get("value")) or 0) < TINY for _, v in p):
+            text += f", beyond the null but tiny (NMI below {TINY:g})"
+        clauses.append(text)
+    parts = ["shown at " + "; ".join(clauses)]
     if not_shown:
-        def best(items):
-            return max(items, key=lambda t: (_num(t[1].get("value")) or 0) - (_num(t[1].get("null_p95")) or 0))
         parts.append("not beyond the design null at " + "; ".join(
-            f"the {lv} level (closest: {_nmi_clause(*best(f), what[lv])})" for lv, f in not_shown))
+            f"the {lv} level (closest: {_nmi_clause(*max(f, key=_margin), WHAT[lv])})" for lv, f in not_shown))
     if untestable:
         parts.append("not testable at the " + ", ".join(untestable) + " level (no permutation of designs changes "
                      "the grouping)")
     share = _share_clause(levels, group, alpha)
     if share:
         parts.append(share)
-    head = f"**{md(group)}**: "
-    if not shown:
-        head += "no level shows it beyond the design null; "
-    return head + "; ".join(parts) + "."
+    return f"**{md(group)}**: " + "; ".join(parts) + "."
 
 
-def nesting_lines(levels: Mapping, alpha: float = ALPHA) -> list[str]:
-    """Plain notes on nested design choices (a level of one factor found with one level of another only), with
-    what the tests that hold the other factor fixed, or stay within one family, say."""
+def unshown_line(levels: Mapping, groups: Sequence[str], alpha: float = ALPHA) -> str | None:
+    """One sentence on the test groups no level shows beyond the design null, each with its closest call."""
+    items = []
+    for g in groups:
+        ev = _evidence(levels, g, alpha)
+        if not ev or any(p for p, _, _ in ev.values()):
+            continue
+        tried = [(lv, t) for lv, (_, f, _) in ev.items() for t in f]
+        if not tried:
+            items.append(f"**{md(g)}** (not testable: no permutation of designs changes the grouping)")
+            continue
+        lv, (sp, v) = max(tried, key=lambda x: _margin(x[1]))
+        share = _share_clause(levels, g, alpha)
+        extra = f"; {share}" if share and not share.startswith("models sharing it are closer in 0 ") else ""
+        items.append(f"**{md(g)}** (closest: {lv} level, {_nmi_clause(sp, v, WHAT[lv])}{extra})")
+    if not items:
+        return None
+    return "No level shows these beyond the design null: " + "; ".join(items) + "."
+
+
+def nesting_lines(levels: Mapping, design: pd.DataFrame | None = None, alpha: float = ALPHA) -> dict[str, list[str]]:
+    """Factor -> plain notes on its nesting in another factor (a level found with one level of the other only), with
+    what the tests that hold the other factor fixed, or stay within one family, say. "X is Y in disguise" when every
+    level of X sits within one level of Y (from the design table), "partly" otherwise."""
     nest = (levels.get("model") or {}).get("nesting") or []
     groups = level_groups(levels)
     by_pair: dict[tuple[str, str], list[dict]] = {}
     for n in nest:
         by_pair.setdefault((str(n["factor"]), str(n["within"])), []).append(n)
-    out = []
+    generated = design[design["model"].astype(str) != "real"].astype(str) if design is not None else None
+    out: dict[str, list[str]] = {}
     for (f, w), items in by_pair.items():
         held = f"{f} | {w}"
         inner = [g for g in groups if g.startswith(f"{f} (") and "|" not in g]
         if held not in groups and not (w == "family" and inner):
             continue  # no test separates the two: the analysis's own sentences list it
-        pairs = "; ".join(f"{md(n['level'])} only with {md(w)} = {md(n['within_level'])}" for n in items)
-        text = f"Over all models, **{md(f)}** is partly **{md(w)}** in disguise ({pairs})"
-        checks = []
+        by_outer: dict[str, list[str]] = {}
+        for n in items:
+            by_outer.setdefault(str(n["within_level"]), []).append(str(n["level"]))
+        pairs = "; ".join(f"{', '.join(md(v) for v in inner_levels)} only with {md(w)} = {md(outer)}"
+                          for outer, inner_levels in by_outer.items())
+        every = generated is not None and f in generated and set(generated[f]) <= {str(n["level"]) for n in items}
+        text = f"Over all models, **{md(f)}** is {'' if every else 'partly '}**{md(w)}** in disguise ({pairs})"
+        checks, held_anywhere = [], False
         for g, how in ((held, f"with {md(w)} held fixed"), *((g, "within one family") for g in inner if w == "family")):
             if g not in groups:
                 continue
             ev = _evidence(levels, g, alpha)
             found = [lv for lv, (p, _, _) in ev.items() if p]
+            held_anywhere |= bool(found)
             checks.append(f"{how} (**{md(g)}**) " + (f"it holds at the {', '.join(found)} level" if found else
                                                        "no level shows it beyond the design null"))
-        out.append(text + (": " + "; ".join(checks) if checks else "") + ".")
+        if checks and not held_anywhere and any(p for p, _, _ in _evidence(levels, f, alpha).values()):
+            checks[-1] += f", so what **{md(f)}** shows over all models {'is' if every else 'may be'} {md(w)}'s doing"
+        out.setdefault(f, []).append(text + (": " + "; ".join(checks) if checks else "") + ".")
     return out
 
 
@@ -532,16 +584,19 @@ def level_reading(levels: Mapping, design: pd.DataFrame | None = None, alpha: fl
     nesting notes, and leave-one-design-out against chance at each level."""
     lines = []
     groups = level_groups(levels)
-    per_group = [(g, group_line(levels, g, alpha)) for g in groups]
-    lines += [t for g, t in per_group if t and "no level shows it" not in t]
-    lines += [t for g, t in per_group if t and "no level shows it" in t]
-    lines += nesting_lines(levels, alpha)
+    notes = nesting_lines(levels, design, alpha)
+    for g in groups:  # the groups some level shows, each followed by its nesting notes
+        line = group_line(levels, g, alpha)
+        if line:
+            lines += [line, *notes.pop(g, [])]
+    rest = unshown_line(levels, groups, alpha)
+    lines += ([rest] if rest else []) + [t for more in notes.values() for t in more]
     for lv in ("raw", "learned"):
         lodo = {sp: lodo_cells(levels, lv, sp) for sp in level_spaces(levels) if lodo_cells(levels, lv, sp)}
         if not lodo:
             continue
         said = design_reading({}, lodo, {}, design=None)
-        lines += [f"Leave one design out, {lv} level ({LODO_METHOD[lv]}): {s[0].lower()}{s[1:]}" for s in said]
+        lines += [f"Leave one design out at the {lv} level, by {LODO_METHOD[lv]}: {s[0].lower()}{s[1:]}" for s in said]
     if design is not None:  # factors that split the models alike: no test can tell them apart
         for group in reversed(confounded(design, groups)):
             names = ", ".join(f"**{md(g)}**" for g in group)

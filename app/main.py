@@ -29,6 +29,7 @@ PAGES = [
     st.Page("page_map.py", title="Fingerprint map", icon=":material/scatter_plot:"),
     st.Page("page_spectra.py", title="Spectra", icon=":material/graphic_eq:"),
     st.Page("page_design.py", title="Design choices", icon=":material/account_tree:"),
+    st.Page("page_similarity.py", title="Model similarity", icon=":material/grid_on:"),
     st.Page("page_attribute.py", title="Attribute", icon=":material/search:"),
     st.Page("page_benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
 ]

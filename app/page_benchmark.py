@@ -99,8 +99,12 @@ def table_section(summary: pd.DataFrame) -> None:
                "all); shaded: the best of each column "
                "(for FPR the lowest). a closed: model accuracy on the test split; b twins: telling apart models of "
                "one design trained with different seeds; c: accuracy after JPEG 75, ×2 down-up scaling, noise; "
-               "d: design choices of held-out designs; e: AUROC and TPR/FPR of unseen models; f: Fisher ratio of "
-               "the features (spaces differ in scale: compare seeds, not methods).")
+               "d: design choices of held-out designs (every seed of a design held out), predicted per held-out sample by "
+               "each method's design heads, trained on the other designs beside its model head; its chance is the "
+               "better of two fingerprint-free guesses counted per training design (the training designs' most common "
+               "level, ties split, or a level drawn with their frequencies), from `fingerprint_core/protocol.py`, the "
+               "same rule as the Design page's leave-one-design-out; e: AUROC and TPR/FPR of unseen models; f: Fisher "
+               "ratio of the features (spaces differ in scale: compare seeds, not methods).")
 
 
 def charts_section(summary: pd.DataFrame) -> None:

@@ -91,7 +91,7 @@ def purity_line(analysis, level: str, space: str) -> str:
     p = analysis.levels.get(level, {}).get("purity", {}).get(space) or {}
     if p.get("value") is None:
         return ""
-    beside = [f"{what} {p[k]:.1%}" for k, what in (("null_p95", "95th percentile of a map without model structure"),
+    beside = [f"{what} {p[k]:.1%}" for k, what in (("null_p95", "95th percentile with the model labels shuffled over the points"),
                                                    ("chance", "chance")) if p.get(k) is not None]
     return (f" Purity: {p['value']:.1%} of each point's 10 nearest map neighbours come from its own model"
             + (f" ({', '.join(beside)})." if beside else "."))

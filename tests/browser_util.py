@@ -155,12 +155,6 @@ def choose_segment(page, control: str, option: str) -> None:
     wait_for_app_run(page)
 
 
-def tick_texts(chart, axis: str) -> list[str]:
-    """The tick labels a plotly chart draws on its main x or y axis (first subplot), in order."""
-    ticks = chart.locator(f".{axis}axislayer-above").first.locator(f".{axis}tick text")
-    return [ticks.nth(i).text_content() for i in range(ticks.count())]
-
-
 def small_png(source: Path, target: Path, *, width: int = 1400, max_bytes: int = 300_000) -> None:
     """A copy of a screenshot for the README: at most width pixels wide, in a 256-colour palette (under max_bytes)."""
     from PIL import Image

@@ -152,7 +152,8 @@ def model_tests(dist: dict[str, np.ndarray], models: list[str], table: pd.DataFr
             continue
         r = model_level.cluster_nmi(dist[primary][np.ix_(idx, idx)], t, g.factor, models=list(g.models), strata=g.strata,
                                     permutations=PERMUTATIONS, seed=seed)
-        clustering[g.name] = {"value": r["value"], "null_p95": r["null_p95"], "p": r["p"], "distance": primary}
+        clustering[g.name] = {"value": r["value"], "null_mean": r["null_mean"], "null_p95": r["null_p95"], "p": r["p"],
+                              "testable": r["testable"], "distance": primary}
     _add_holm(clustering)
     return out, clustering
 

@@ -179,6 +179,8 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
             m["distance"][sp] = {name: np.round(dm, 6).tolist() for name, dm in dist.items()}
             primary = dist["learned_means"] if "learned_means" in dist else dist["energy"]
             m["order"][sp] = [generated[i] for i in model_level.leaf_order(primary)]
+            m.setdefault("order_by_distance", {})[sp] = {name: [generated[i] for i in model_level.leaf_order(dm)]
+                                                         for name, dm in dist.items()}
             bar.update()
             bar.close()
         found["model"] = m
