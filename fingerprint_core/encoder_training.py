@@ -10,6 +10,7 @@ torch.load(weights_only=True).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 
 from fingerprint_core import devices, encoders
 from fingerprint_core.encoders import ConvEncoder, EncoderConfig
+from fingerprint_core.fsio import atomic_write
 from fingerprint_core.pipeline import Progress
 
 KINDS = ("sl", "ssl")
@@ -272,9 +274,9 @@ def _signature(cfg: TrainConfig, enc: EncoderConfig, images: torch.Tensor, label
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())  # a crash mid-write leaves the previous checkpoint intact
 
 
 def train(
@@ -469,9 +471,7 @@ def write_card(weights: str | os.PathLike) -> Path:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     card = weights.with_suffix(".md")
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    os.replace(tmp, card)
+    atomic_write(card, "\n".join(lines).encode("utf-8"))
     return card
 
 

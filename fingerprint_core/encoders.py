@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
+
+from fingerprint_core.fsio import atomic_write
 
 # Bumped whenever the same config would build a different network, so that an old file is
 # refused instead of loading its weights into layers that mean something else.
@@ -146,10 +149,7 @@ def save(model: ConvEncoder, path: str | os.PathLike, **info: object) -> None:
         "config": json.dumps(asdict(model.cfg)), "arch_version": str(ARCH_VERSION),
         **{k: v if isinstance(v, str) else json.dumps(v) for k, v in info.items()},
     }
-    tmp = f"{path}.tmp"
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp, metadata=meta)
-    os.chmod(tmp, 0o644)  # safetensors creates the file readable by its owner only
-    os.replace(tmp, path)
+    atomic_write(path, safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, metadata=meta))
 
 
 def load(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[ConvEncoder, dict]:

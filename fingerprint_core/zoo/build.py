@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from fingerprint_core import devices
+from fingerprint_core.fsio import atomic_write
 from fingerprint_core.zoo import cards, evaluate, registry
 from fingerprint_core.zoo import plan as plan_mod
 from fingerprint_core.zoo.results import BuildError, finished_results
@@ -86,13 +87,10 @@ def _write_json(path: Path, obj: dict) -> None:
 
 
 def _save_checkpoint(state: dict, path: Path) -> None:
-    """torch.save through a temporary file, flushed to disk before the rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save, written atomically and durably (fingerprint_core.fsio.atomic_write)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
 
 
 class BuildLog:

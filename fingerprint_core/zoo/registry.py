@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
+from fingerprint_core.fsio import atomic_write
 from fingerprint_core.zoo import diffusion, gan, layers, vae
 from fingerprint_core.zoo.trainer import Trainer
 
@@ -161,9 +162,7 @@ def save_generator(model: nn.Module, config: dict, path: str | os.PathLike, **in
     halve = _shipped_names(model)
     tensors = {k: (v.to(SHIPPED_DTYPE) if k in halve else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
-    tmp = f"{path}.tmp"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, save(tensors, metadata=meta))
 
 
 def load_generator(path: str | os.PathLike, *, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
