@@ -36,6 +36,14 @@ def rgb_workspace_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fingerprinted_root(tmp_path_factory, channels=3, name="gm-rgb")
 
 
+@pytest.fixture(scope="session")
+def demo_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The analysed demo, built once per test session (minutes) unless MANIFPT_DEMO_WORKSPACE names one."""
+    import browser_util
+
+    return browser_util.demo_workspace(tmp_path_factory)
+
+
 @pytest.fixture
 def one_thread():
     """Train tiny models on one thread: on a shared 2-core machine two threads made their steps up to 30x slower."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-import browser_util
 from browser_util import (
     ARTIFACTS,
     choose_colouring,
@@ -31,10 +30,6 @@ from browser_util import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.demo]
 
-
-@pytest.fixture(scope="module")
-def demo_workspace(tmp_path_factory) -> Path:
-    return browser_util.demo_workspace(tmp_path_factory)
 
 
 @pytest.fixture

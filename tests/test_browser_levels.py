@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import browser_util
 from browser_util import (
     ARTIFACTS,
     REPO,
@@ -33,10 +32,6 @@ from browser_util import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.demo]
 DOCS = REPO / "docs"
 
-
-@pytest.fixture(scope="module")
-def demo_workspace(tmp_path_factory) -> Path:
-    return browser_util.demo_workspace(tmp_path_factory)
 
 
 @pytest.fixture
