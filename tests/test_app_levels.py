@@ -230,9 +230,11 @@ def test_design_page_shows_each_level_its_null_bands_and_the_paper(monkeypatch, 
         assert values["upsampling"] == pytest.approx(cells["upsampling"]["value"])
         stars = dict(zip([ticks[int(v)] for v in decode(bar["x"])], bar["text"], strict=True))
         assert stars["upsampling"] == ("★" if cells["upsampling"]["p_holm"] < 0.01 else "")
-    (tick,) = [t for t in nmi["data"] if t.get("meta") == "null tick · model · rgb"]  # the model level: its 95th pct
+    (band,) = [t for t in nmi["data"] if t.get("meta") == "null band · model · rgb"]  # the model level's null too
     clustering = levels["model"]["clustering"]["rgb"]
-    assert np.allclose(decode(tick["y"]), [clustering[g]["null_p95"] for g in ticks if g in clustering])
+    order = [ticks[int(v)] for v in decode(band["x"])]
+    assert order == [g for g in ticks if g in clustering]
+    assert np.allclose(decode(band["base"]), [clustering[g]["null_mean"] for g in order])
     paper = bars[("paper, Table 5 (its datasets)", "paper")]
     assert sorted(ticks[int(v)] for v in decode(paper["x"])) == ["loss", "normalization", "upsampling"]
 
