@@ -412,7 +412,7 @@ def design_reading(
 ) -> list[str]:
     """A few plain sentences on what stands out in the numbers (markdown), nothing hard-coded.
 
-    lomo: {space: {factor: {accuracy, chance[, folds]}}}, the folds as in metrics["detail"];
+    lomo: {space: {factor: {accuracy, chance[, folds]}}}, the folds as in metrics["levels"][level]["lodo"];
     design: the design table, to flag factors that split the models identically.
     """
     out = []

@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 
 from app.figures_analysis import PALETTE, PAPER_TABLE5, confounded, design_reading
 from app.text import md, plotly_label
+from fingerprint_core import protocol
 
 LEVELS = ("raw", "learned", "model")
 LEVEL_COLORS = {"raw": "#D97706", "learned": "#2563EB", "model": "#059669"}
@@ -20,7 +21,7 @@ PAPER_COLOR = "#111827"
 NULL_COLOR = "rgba(107, 114, 128, 0.30)"  # the null band, behind every bar
 NULL_NAME = "design null: mean to 95th percentile"
 NULL_TICK_NAME = "design null: 95th percentile"
-ALPHA = 0.01  # a test counts when its Holm-corrected p is below this (as in the analysis's own reading)
+ALPHA = protocol.ALPHA  # a test counts when its Holm-corrected p is below this, as in the analysis's own reading
 # Which method each number comes from, in the words the captions and tables use.
 NMI_METHOD = {
     "raw": "k-means on the PCA-reduced artifacts (samples)",
@@ -486,7 +487,7 @@ def _share_clause(levels: Mapping, group: str, alpha: float) -> str:
 
 
 WHAT = {"raw": "NMI", "learned": "NMI", "model": "clustering NMI"}
-TINY = 0.05  # an NMI below this is called tiny, however sure its p-value
+TINY = protocol.TINY_NMI  # an NMI below this is called tiny, however sure its p-value
 
 
 def _margin(t: tuple[str, Mapping]) -> float:

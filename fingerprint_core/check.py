@@ -15,13 +15,13 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fingerprint_core.fsio import atomic_write
 from fingerprint_core.workspace import (
     MANIFEST,
     MARK,
     REAL,
     Workspace,
     WorkspaceError,
-    atomic_write_bytes,
     named_paths,
     read_manifest,
 )
@@ -126,7 +126,7 @@ def repair(path: str | os.PathLike, *, recompute: bool = True, device: str = "au
                 os.replace(p / MANIFEST, aside)
                 found.repaired.append(f"set the damaged manifest aside as {aside.name}")
             if not (p / MARK).is_file():
-                atomic_write_bytes(p / MARK, json.dumps({"repaired": True}).encode())
+                atomic_write(p / MARK, json.dumps({"repaired": True}).encode())
             ws.manifest = {}
             manifest_for_command = loose
         else:

@@ -384,6 +384,8 @@ def start(workspace: str | os.PathLike, kind: str, args: Sequence[str] = ()) -> 
     ws_path = Path(workspace).resolve()
     ws = Workspace.open(ws_path)  # WorkspaceError when it is not one
     jobs = folder(ws_path)
+    if jobs.is_symlink():  # its files are removed and replaced: only in a folder of the workspace's own
+        raise JobError(f"{jobs} is a symbolic link; remove it (the app keeps its job records there)")
     jobs.mkdir(exist_ok=True)
     with _start_guard(jobs, kind):
         current = status(ws_path, kind)

@@ -145,9 +145,9 @@ def _read_real(ws: Workspace, ds: datasets.GMDataset, *, holdout: float, seed: i
     real_dir = ds.real_dir()
     content = datasets.content_hash(real_dir)
     key = key_of(content, holdout, seed)
-    if ws.intact(f"real-{key}"):  # the same real set and split, stored before: no need to decode it again
-        rel = f"real-{key}"
-        meta = ws.entry_meta(rel)
+    rel = f"real-{key}"
+    meta = ws.verified(rel)
+    if meta is not None:  # the same real set and split, stored before: no need to decode it again
         report.bad_files += [datasets.BadFile(b["file"], b["reason"]) for b in meta.get("bad_files", [])]
         report.warnings += meta.get("warnings", [])
         return RealSet(ws._npy(rel, "reference.npy"), ws._npy(rel, "heldout.npy"),
@@ -226,12 +226,12 @@ def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progres
         content = datasets.content_hash(ds.model_dir(name))
     images_key = key_of(content, shape)
     images_rel = f"models/{name}/images-{images_key}"
-    if (not entry or entry["images"].get("key") != images_key) and ws.intact(images_rel):
-        meta = ws.entry_meta(images_rel)  # finished by a run that stopped before its commit: adopt it
+    meta = ws.verified(images_rel)  # None: not there or damaged, so the images are read anew
+    if meta is not None and (not entry or entry["images"].get("key") != images_key):  # left by a run stopped before its commit
         entry = {"images": {"key": images_key, "dir": images_rel, "n": int(ws._npy(images_rel, "images.npy").shape[0])},
                  "bad_files": meta.get("bad_files", []), "warnings": meta.get("warnings", []), "spaces": {}}
         ws.manifest["models"][name] = entry
-    if not entry or entry["images"].get("key") != images_key or not ws.intact(entry["images"]["dir"]):
+    if meta is None:
         if name == REAL:
             imgs = datasets.ImageSet(real.heldout, list(real.sources.loc[real.sources["split"] == "heldout", "file"]), [], [])
         else:

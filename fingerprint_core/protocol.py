@@ -19,6 +19,8 @@ import pandas as pd
 from fingerprint_core.workspace import REAL
 
 IDENTIFIERS = ("model", "seed")  # name a model (and its training run), never a design choice
+ALPHA = 0.01  # a structure test counts when its Holm-corrected p is below this (every reading, CLI and app)
+TINY_NMI = 0.05  # an NMI below this is detectable with many samples, yet no visible structure
 
 
 # ---- designs ------------------------------------------------------------------------------------

@@ -84,11 +84,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file atomically and durably (fingerprint_core.fsio.atomic_write)."""
-    atomic_write(path, data)
-
-
 class Workspace:
     """A workspace folder: read what the manifest names; write entries atomically."""
 
@@ -232,40 +227,46 @@ class Workspace:
     def damage(self, rel: str, *, full: bool = False) -> str | None:
         """Why the entry folder rel cannot be trusted (None when intact): files present, sizes, and the
         SHA-256 of small files (of every file when full)."""
-        try:
-            folder = self.file(rel)
-        except WorkspaceError as e:
-            return str(e)
-        if not folder.is_dir():
-            return f"{folder} is missing"
-        inv = folder / INVENTORY
-        try:
-            files = json.loads(inv.read_text())["files"]
-        except FileNotFoundError:
-            return None if any(folder.iterdir()) else f"{folder} is empty"  # an entry of an older version: unverifiable
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            return f"{inv} cannot be read ({e})"
-        for name, want in files.items():
-            f = folder / name
-            if not f.is_file():
-                return f"{f} is missing"
-            size = f.stat().st_size
-            if size != want["size"]:
-                return f"{f} has {size} bytes, {want['size']} were written"
-            if (full or size <= HASH_ON_REUSE) and sha256_file(f) != want["sha256"]:
-                return f"{f} has changed since it was written (SHA-256 differs)"
-        return None
+        return self._verify(rel, full=full)[0]
+
+    def verified(self, rel: str | None) -> dict | None:
+        """The metadata an intact entry was written with (write_entry's meta, {} for none), or None when rel
+        names no entry folder that is there and verifies (see damage): one read of its inventory for both."""
+        if not rel:
+            return None
+        reason, inventory = self._verify(rel)
+        return None if reason else inventory.get("meta", {})
 
     def intact(self, rel: str | None) -> bool:
         """Whether rel names an entry folder that is there and verifies (see damage)."""
-        return bool(rel) and self.damage(rel) is None
+        return self.verified(rel) is not None
 
-    def entry_meta(self, rel: str) -> dict:
-        """The metadata an entry was written with (write_entry's meta), {} if none."""
+    def _verify(self, rel: str, *, full: bool = False) -> tuple[str | None, dict]:
+        """(why the entry cannot be trusted or None, its inventory)."""
         try:
-            return json.loads((self.file(rel) / INVENTORY).read_text()).get("meta", {})
-        except (OSError, ValueError):
-            return {}
+            folder = self.file(rel)
+        except WorkspaceError as e:
+            return str(e), {}
+        if not folder.is_dir():
+            return f"{folder} is missing", {}
+        inv = folder / INVENTORY
+        try:
+            inventory = json.loads(inv.read_text())
+            files = inventory["files"]
+        except FileNotFoundError:  # an entry of an older version: unverifiable
+            return (None if any(folder.iterdir()) else f"{folder} is empty"), {}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{inv} cannot be read ({e})", {}
+        for name, want in files.items():
+            f = folder / name
+            if not f.is_file():
+                return f"{f} is missing", inventory
+            size = f.stat().st_size
+            if size != want["size"]:
+                return f"{f} has {size} bytes, {want['size']} were written", inventory
+            if (full or size <= HASH_ON_REUSE) and sha256_file(f) != want["sha256"]:
+                return f"{f} has changed since it was written (SHA-256 differs)", inventory
+        return None, inventory
 
     # ---- writing ---------------------------------------------------------------------------
     def write_entry(

@@ -82,6 +82,18 @@ def test_export_writes_into_an_empty_folder_and_replaces_a_previous_export(train
     assert (out / "rgb" / "mine.txt").read_text().startswith("a user's")
 
 
+def test_a_previous_export_cannot_name_a_kind_outside_its_folder(trained, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "weights.safetensors").write_bytes(b"a user's file")
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "record.json").write_text(json.dumps({"split": "x", "attributors": {"../outside": {}}}))
+    with pytest.raises(ValueError, match="holds no previous export"):
+        ship.export(Workspace.open(trained), out)
+    assert (outside / "weights.safetensors").read_bytes() == b"a user's file"
+
+
 # ---- 2. the clean-up never follows a link and removes only its own entries -------------------------------
 
 

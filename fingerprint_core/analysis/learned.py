@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fingerprint_core.analysis import model_level
 from fingerprint_core.attribution import split as split_mod
 from fingerprint_core.attribution.manifpt import ManiFPT
 from fingerprint_core.attribution.method import Inputs
@@ -110,12 +111,12 @@ def compute(ws: Workspace, space: str, s: LearnedSettings, *, device: str = "aut
 
 def _store(ws: Workspace, space: str, s: LearnedSettings, method: ManiFPT, test: pd.DataFrame, seconds: float) -> dict:
     models = models_of(ws)
-    feats = features_of(ws, method, test)
+    feats, logits = method.features_and_logits(split_mod.load_inputs(ws, test, method.needs))  # one pass for both
+    z = logits["model"]
     with tempfile.TemporaryDirectory() as tmp:
         method.save(Path(tmp))
         files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
     history = method.history_ or [{}]
-    z = method.logits(split_mod.load_inputs(ws, test, method.needs))["model"]
     record = {"key": entry_key(ws, space, s), "artifacts": artifacts_key(ws, space, models),
               "settings": asdict(s), "val_accuracy": float(max(h.get("val_acc", {}).get("model", float("nan")) for h in history)),
               "test_accuracy": float(np.mean(z.argmax(1) == _model_targets(test, models)["model"])) if len(test) else float("nan"),
@@ -137,12 +138,12 @@ def current(ws: Workspace, space: str, s: LearnedSettings) -> dict | None:
     key = entry_key(ws, space, s)
     have = (ws.manifest.get(KEY) or {}).get(space) or {}
     rel = f"learned/{space}-{key}"
-    if not ws.intact(rel):
+    meta = ws.verified(rel)
+    if meta is None:
         return None
     if have.get("key") == key:
         return have
-    meta = ws.entry_meta(rel).get("record")
-    return {**meta, "dir": rel} if meta else None
+    return {**meta["record"], "dir": rel} if "record" in meta else None
 
 
 def ensure(ws: Workspace, spaces: list[str], s: LearnedSettings, *, device: str = "auto",
@@ -243,15 +244,13 @@ def lodo_fold(ws: Workspace, space: str, s: LearnedSettings, design: str, held: 
     """One fold: what the nearest training models' design says about the held-out design."""
     from fingerprint_core import protocol
 
-    method, rows = train_design_blind(ws, space, s, device=device, exclude=held)
-    every = split_mod.workspace_split(ws, seed=0)
-    test = every[every["part"] == "test"][["model", "index"]].reset_index(drop=True)
+    method, _ = train_design_blind(ws, space, s, device=device, exclude=held)
     train_models = [m for m in models_of(ws, held) if m != split_mod.REAL]
-    feats = features_of(ws, method, test[test["model"].isin([*train_models, *held])].reset_index(drop=True))
-    names = test[test["model"].isin([*train_models, *held])]["model"].to_numpy().astype(str)
+    test = split_rows(ws, s, [*train_models, *held])["test"]
+    feats = features_of(ws, method, test)
+    names = test["model"].to_numpy().astype(str)
     seen = np.isin(names, train_models)
-    mean, sd = feats[seen].mean(0), feats[seen].std(0)
-    z = (feats - mean) / np.where(sd > 0, sd, 1.0)
+    z = model_level.standardise(feats, seen)
     centres = np.stack([z[names == m].mean(0) for m in train_models])
     out_z = z[~seen]
     nearest = np.asarray(train_models)[((out_z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)] if len(out_z) else []

@@ -158,10 +158,10 @@ def model_tests(dist: dict[str, np.ndarray], models: list[str], table: pd.DataFr
     return out, clustering
 
 
-TINY = 0.05  # an NMI this small is detectable with many samples, yet no visible structure
+TINY = protocol.TINY_NMI
 
 
-def reading(levels: dict, alpha: float = 0.01) -> list[str]:
+def reading(levels: dict, alpha: float = protocol.ALPHA) -> list[str]:
     """Plain sentences: which level shows which factor and how sure (Holm-corrected p < alpha against
     the design-permutation null), what is too small to matter, and what does not hold."""
     lines = []

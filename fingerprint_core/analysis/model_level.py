@@ -33,6 +33,14 @@ from fingerprint_core.analysis.nulls import (
 
 # ---- distances between models ----------------------------------------------------------------------
 
+def standardise(x: np.ndarray, fit: np.ndarray | None = None) -> np.ndarray:
+    """Each feature centred and scaled to unit spread, the statistics taken over the rows fit selects (default:
+    all rows), in x's dtype; a feature without spread is only centred."""
+    ref = x if fit is None else x[fit]
+    sd = ref.std(0)
+    return (x - ref.mean(0)) / np.where(sd > 0, sd, 1.0)
+
+
 def class_mean_distance(features: np.ndarray, sample_models: np.ndarray, models: Sequence[str]) -> np.ndarray:
     """Euclidean distances between the models' mean features (models x models), each feature standardised over all samples first."""
     x = np.asarray(features, dtype=np.float64)
@@ -40,8 +48,7 @@ def class_mean_distance(features: np.ndarray, sample_models: np.ndarray, models:
     models = [str(m) for m in models]
     if missing := [m for m in models if not (sample_models == m).any()]:
         raise ValueError(f"models without samples: {', '.join(missing)}")
-    sd = x.std(0)
-    z = (x - x.mean(0)) / np.where(sd > 0, sd, 1.0)
+    z = standardise(x)
     means = np.stack([z[sample_models == m].mean(0) for m in models])
     return squareform(pdist(means))
 

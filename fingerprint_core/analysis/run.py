@@ -122,7 +122,7 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     arrays: dict[str, np.ndarray] = {"models.npy": np.array(models)}
     metrics: dict = {"settings": {**s.__dict__, "levels": list(wanted), "learned": {sp: r["key"] for sp, r in records.items()},
                                   "permutations": levels.PERMUTATIONS},
-                     "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}, "detail": {}}
+                     "spaces": spaces, "nmi": {}, "silhouette": {}, "lomo": {}}
     raw: dict = {"nmi": {}, "lodo": {}, "silhouette": {}, "purity": {}}
     for sp in spaces:
         bar = progress.task(f"raw level ({sp}): fingerprint map", 1)
@@ -140,7 +140,6 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
         metrics["nmi"][sp] = {f: v["value"] for f, v in d["nmi"].items()}
         metrics["silhouette"][sp] = {f: v["value"] for f, v in d["silhouette"].items()}
         metrics["lomo"][sp] = {f: {"accuracy": v["accuracy"], "chance": v["chance"]} for f, v in d["lomo"].items()}
-        metrics["detail"][sp] = {"nmi": d["nmi"], "silhouette": metrics["silhouette"][sp], "lomo": d["lomo"]}
         raw["nmi"][sp], raw["silhouette"][sp] = d["nmi"], d["silhouette"]
         raw["lodo"][sp] = {f: {"accuracy": v["accuracy"], "chance": v["chance"], "folds": v["folds"]} for f, v in d["lomo"].items()}
         bar.update()
@@ -148,12 +147,12 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     found: dict = {}
     if "raw" in wanted:
         found["raw"] = raw
-    learned_feats = {sp: learned.load(ws, r) for sp, r in records.items()}
+    learned_feats = {sp: learned.load(ws, r) for sp, r in records.items()}  # features as stored, and their rows
     if "learned" in wanted:
         found["learned"] = {"nmi": {}, "lodo": {}, "silhouette": {}, "purity": {}}
         for sp, (f, rows) in learned_feats.items():
             bar = progress.task(f"learned level ({sp}): map, NMI, silhouette", 1)
-            z = _standardised(f)
+            z = model_level.standardise(f)
             xy = fingerprint_map.umap_2d(z, seed=s.seed, n_neighbors=s.umap_neighbors, min_dist=s.umap_min_dist)
             arrays[f"umap_learned_{sp}.npy"] = xy
             arrays[f"umap_learned_{sp}_model.npy"] = rows["model"].map(code).to_numpy(np.int32)
@@ -173,7 +172,7 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
             lf = None
             if sp in learned_feats:
                 f, rows = learned_feats[sp]
-                lf = (_standardised(f), rows["model"].to_numpy().astype(str))
+                lf = (f, rows["model"].to_numpy().astype(str))  # class_mean_distance standardises them
             dist = levels.distances(lf, {g: ws.artifacts(g, sp) for g in generated}, generated, seed=s.seed)
             m["tests"][sp], m["clustering"][sp] = levels.model_tests(dist, generated, table, tests, seed=s.seed)
             m["distance"][sp] = {name: np.round(dm, 6).tolist() for name, dm in dist.items()}
@@ -208,12 +207,6 @@ def _map_name(space: str, level: str) -> str:
     if level not in ("raw", "learned"):
         raise ValueError(f"level {level!r}: a map is drawn at the raw or the learned level")
     return f"umap_{space}" if level == "raw" else f"umap_learned_{space}"
-
-
-def _standardised(f: np.ndarray) -> np.ndarray:
-    """Each feature centred and scaled to unit spread (a constant feature is left unscaled)."""
-    sd = f.std(0)
-    return ((f - f.mean(0)) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
 
 
 def with_learned_lodo(ws: Workspace, metrics: dict) -> dict:

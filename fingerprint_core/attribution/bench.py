@@ -60,8 +60,9 @@ from fingerprint_core.attribution.bench_report import (
 )
 from fingerprint_core.attribution.method import Inputs, Method
 from fingerprint_core.attribution.robustness import JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb
+from fingerprint_core.fsio import atomic_write
 from fingerprint_core.pipeline import Progress
-from fingerprint_core.workspace import Workspace, atomic_write_bytes, key_of
+from fingerprint_core.workspace import Workspace, key_of
 
 VERSION = 1  # bump when the same settings would give different numbers
 # bump when a lodo fold's numbers mean something else (only lodo parts are recomputed). 2: chance,
@@ -301,7 +302,7 @@ class Bench:
         path = self._path(name, protocol, seed, fold)
         path.parent.mkdir(parents=True, exist_ok=True)
         blob = {"key": self._key(name, protocol, seed, fold), "result": result}
-        atomic_write_bytes(path, json.dumps(blob, indent=1, default=jsonable).encode())
+        atomic_write(path, json.dumps(blob, indent=1, default=jsonable).encode())
         return result
 
     def _do(self, name: str, protocol: str, seed: int, compute: Callable[[], dict], fold: int | None = None) -> dict:

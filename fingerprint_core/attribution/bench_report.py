@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fingerprint_core.attribution.robustness import PERTURBATIONS
-from fingerprint_core.workspace import atomic_write_bytes
+from fingerprint_core.fsio import atomic_write
 
 PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher")
 SCORE = "mahalanobis"  # the open-set score the table shows (openset.py's default); energy is in results.json
@@ -122,12 +122,12 @@ def markdown(summary: list[dict]) -> str:
 def write_results(out: Path, results: dict) -> None:
     """DIR/results.json, results.csv and results.md, each written atomically."""
     out = Path(out)
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=jsonable).encode())
+    atomic_write(out / "results.json", json.dumps(results, indent=1, default=jsonable).encode())
     buf = io.StringIO()
     pd.DataFrame(results["summary"], columns=["method", "protocol", "metric", "mean", "std", "n", "over"]).to_csv(buf, index=False)
-    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    atomic_write(out / "results.csv", buf.getvalue().encode())
     md = ["# Attribution benchmark", "", f"Workspace `{results['workspace']}`.", "", markdown(results["summary"])]
     md += [f"- {n}" for n in results["notes"]]
     md += [f"- {m} not run: {why}" for m, why in results.get("skipped_methods", {}).items()]
     md += [f"- {proto} not run: {why}" for proto, why in results.get("skipped_protocols", {}).items()]
-    atomic_write_bytes(out / "results.md", ("\n".join(md) + "\n").encode())
+    atomic_write(out / "results.md", ("\n".join(md) + "\n").encode())

@@ -70,6 +70,8 @@ def _previous_export(folder: Path, workspace: Path) -> list[str]:
         meta = json.loads((folder / RECORD).read_text())
         kinds = list(meta["attributors"])
         meta["split"]
+        if not all(isinstance(k, str) and k and k == Path(k).name and k not in (".", "..") for k in kinds):
+            raise ValueError("a kind that is not a folder name")  # never a path that leads out of the folder
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f"--export {folder}: the folder is not empty and holds no previous export ({RECORD}); "
                          "choose an empty or new folder") from None

@@ -124,11 +124,13 @@ def train(
             settings = {"epochs": epochs, "seed": seed, "score": score, "accept": openset.ACCEPT}
             key = key_of(VERSION, kind, art_key, record["split"], cls, settings)
             rel = entry_dir(kind, key)
-            done = record["attributors"].get(kind) or {}
-            adopt = ws.entry_meta(rel).get("entry") if ws.intact(rel) else None  # left by a lost manifest
-            if not force and ws.intact(rel) and (done.get("key") == key or adopt):
-                if done.get("key") != key:
-                    record["attributors"][kind] = {**adopt, "dir": rel, "artifacts": art_key}
+            meta = None if force else ws.verified(rel)
+            if meta is not None and (record["attributors"].get(kind) or {}).get("key") != key:
+                if "entry" in meta:  # left by a run whose manifest was lost: adopt its record
+                    record["attributors"][kind] = {**meta["entry"], "dir": rel, "artifacts": art_key}
+                else:
+                    meta = None
+            if meta is not None:
                 log(f"{kind}: up to date (trained before), reused")
                 continue
             for s in needs(kind):

@@ -83,7 +83,7 @@ def _plain(value):
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    cards.atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+    atomic_write(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def _save_checkpoint(state: dict, path: Path) -> None:
@@ -236,7 +236,7 @@ def ship(sampler: torch.nn.Module, row: dict, out: Path, training: dict, *, n_sa
                             row=json.dumps(row_plain, sort_keys=True))
     buf = io.BytesIO()
     np.savez_compressed(buf, images=samples)
-    cards.atomic_write_bytes(model_dir / "samples.npz", buf.getvalue())
+    atomic_write(model_dir / "samples.npz", buf.getvalue())
     # the grid lives beside, not inside, the model folder: DIR is itself a GM dataset and every
     # image under models/<name>/ would count as one of the model's samples
     (out / "grids").mkdir(exist_ok=True)
@@ -284,7 +284,7 @@ def write_models_csv(out: Path) -> pd.DataFrame:
     names = [n for n in order if n in results] + sorted(n for n in results if n not in order)
     rows = [{"model": n, **{k: results[n]["row"][k] for k in MODELS_CSV_COLUMNS[1:]}} for n in names]
     table = pd.DataFrame(rows, columns=list(MODELS_CSV_COLUMNS))
-    cards.atomic_write_bytes(out / "models.csv", table.to_csv(index=False).encode("utf-8"))
+    atomic_write(out / "models.csv", table.to_csv(index=False).encode("utf-8"))
     return table
 
 
@@ -321,7 +321,7 @@ def build(plan: str | os.PathLike | pd.DataFrame, out: str | os.PathLike, *, dev
     dev = devices.resolve(device)
     out.mkdir(parents=True, exist_ok=True)
     if not only or not (out / "plan.csv").exists():  # `zoo status` reports on the whole plan
-        cards.atomic_write_bytes(out / "plan.csv", table.to_csv(index=False).encode("utf-8"))
+        atomic_write(out / "plan.csv", table.to_csv(index=False).encode("utf-8"))
     if only:
         table = table[table["name"].isin(only)]
     log = BuildLog(out / "build.log")

@@ -12,11 +12,6 @@ from fingerprint_core.fsio import atomic_write
 PRECISION_MIN, RECALL_MIN = 0.3, 0.1  # the issue's "no collapsed model" bar
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write data to path atomically and durably (fingerprint_core.fsio.atomic_write)."""
-    atomic_write(path, data)
-
-
 def grid(images: np.ndarray, *, rows: int = 8, cols: int = 8, gap: int = 2, scale: int = 2) -> np.ndarray:
     """uint8 (N, H, W) -> one uint8 image of the first rows x cols, on a mid-grey background."""
     n, h, w = images.shape
@@ -76,4 +71,4 @@ def render(result: dict) -> str:
 
 def write_card(model_dir: Path, result: dict) -> None:
     """Write model_dir/card.md from a result record, atomically."""
-    atomic_write_bytes(model_dir / "card.md", render(result).encode("utf-8"))
+    atomic_write(model_dir / "card.md", render(result).encode("utf-8"))

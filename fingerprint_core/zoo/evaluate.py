@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from fingerprint_core import spaces
+from fingerprint_core.fsio import atomic_write
 from fingerprint_core.zoo import cards, quality
 from fingerprint_core.zoo.results import BuildError, finished_results
 
@@ -67,7 +68,7 @@ def evaluate(out: str | os.PathLike, *, encoder: str | os.PathLike | None = None
         figs.update(encoder=encoder.name, encoder_sha256=sha, real_seed=real_seed)
         result["quality"] = figs
         cards.write_card(model_dir, result)
-        cards.atomic_write_bytes(model_dir / "result.json", (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
+        atomic_write(model_dir / "result.json", (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
     return write_quality_csv(out)
 
 
@@ -80,5 +81,5 @@ def write_quality_csv(out: Path) -> pd.DataFrame:
             passes = q["precision"] >= cards.PRECISION_MIN and q["recall"] >= cards.RECALL_MIN
             rows.append({"model": name, **{c: q[c] for c in QUALITY_COLUMNS[1:-1]}, "passes": passes})
     table = pd.DataFrame(rows, columns=list(QUALITY_COLUMNS))
-    cards.atomic_write_bytes(out / "quality.csv", table.to_csv(index=False).encode("utf-8"))
+    atomic_write(out / "quality.csv", table.to_csv(index=False).encode("utf-8"))
     return table
