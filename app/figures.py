@@ -67,40 +67,53 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def signed_rgb(artifact: np.ndarray, half_range: float) -> np.ndarray:
+    """uint8 3 x H x W: a colour artifact as an image, each channel on [-half_range, half_range] (grey = 0)."""
+    t = np.clip((np.asarray(artifact, np.float32) / half_range + 1) / 2, 0, 1)
+    return np.nan_to_num(t * 255).round().astype(np.uint8)
+
+
 def sample_grid(
     samples: np.ndarray,
     nearest: np.ndarray,
-    rgb_artifacts: np.ndarray | None,
-    freq_artifacts: np.ndarray | None,
+    artifacts: dict[str, np.ndarray | None],
     *,
     labels: list[str] | None = None,
     nearest_space: str = "rgb",
+    titles: dict[str, str] | None = None,
+    colour: str = "mean",
 ) -> go.Figure:
-    """One row per sample; columns: the sample, its nearest real image, its RGB and FREQ artifacts."""
-    # samples, nearest: uint8 (K, C, H, W); artifacts: float (K, C, H, W), or None when the workspace
-    # lacks that space. Artifacts are shown as their signed mean over channels, on a diverging scale
-    # centred on 0 whose symmetric range is shared by the column (colour bar above the column).
+    """One row per sample; columns: the sample, its nearest real image, then its artifact in each space.
+
+    artifacts: space -> float K x C x H x W (None when the workspace lacks that space), in column
+    order. colour="mean" shows a colour artifact as its signed mean over channels on a diverging
+    scale centred on 0 (symmetric range shared by the column, colour bar above it); colour="rgb"
+    shows it as a signed RGB image (each channel on the column's range, grey = 0), so a channel's
+    own trace stays visible.
+    """
     samples, nearest = np.asarray(samples), np.asarray(nearest)
     if samples.ndim != 4 or samples.shape != nearest.shape or len(samples) == 0:
         raise ValueError(f"samples {samples.shape} and nearest {nearest.shape} must both be K x C x H x W, K > 0")
+    if colour not in ("mean", "rgb"):
+        raise ValueError(f"colour={colour!r}: expected 'mean' or 'rgb'")
     k, c, h, w = samples.shape
     labels = labels if labels is not None else [f"#{i}" for i in range(k)]
     if len(labels) != k:
         raise ValueError(f"{len(labels)} labels for {k} samples")
     labels = [plotly_label(lb) for lb in labels]  # text, whatever they hold
-    per_channel = "<br>mean of 3 channels" if c == 3 else ""
-    titles = [
-        "sample",
-        f"nearest real x*<br>({nearest_space} space)",
-        f"RGB artifact<br>x − x*{per_channel}",
-        f"FREQ artifact<br>Δ log|F|{per_channel}",
-    ]
+    as_rgb = colour == "rgb" and c == 3
+    how = "<br>signed RGB, grey = 0" if as_rgb else ("<br>mean of 3 channels" if c == 3 else "")
+    titles = titles or {}
+    columns = list(artifacts)
+    n_cols = 2 + len(columns)
+    head = ["sample", f"nearest real x*<br>({plotly_label(nearest_space)} space)"]
+    head += [f"{plotly_label(s.upper())} artifact<br>{titles.get(s, 'φ(x) − φ(x*)')}{how}" for s in columns]
     # exact pixel geometry, so cells are square-pixelled and evenly spaced
     cell_w, cell_h = CELL_PX, max(24, round(CELL_PX * h / w))
-    plot_w, plot_h = 4 * cell_w + 3 * GAP_PX, k * cell_h + (k - 1) * ROW_GAP_PX
+    plot_w, plot_h = n_cols * cell_w + (n_cols - 1) * GAP_PX, k * cell_h + (k - 1) * ROW_GAP_PX
     top = COLORBAR_PX + (58 if c == 3 else 44)  # colour bars, then two or three lines of column titles
     fig = make_subplots(
-        rows=k, cols=4, column_titles=titles,
+        rows=k, cols=n_cols, column_titles=head,
         horizontal_spacing=GAP_PX / plot_w, vertical_spacing=ROW_GAP_PX / plot_h if k > 1 else 0,
     )
     fig.update_annotations(font_size=12)  # the column titles
@@ -111,17 +124,19 @@ def sample_grid(
                 row=r + 1, col=col,
             )
 
-    for col, name, arts in ((3, "RGB", rgb_artifacts), (4, "FREQ", freq_artifacts)):
-        axis = "coloraxis" if col == 3 else "coloraxis2"
+    for j, space in enumerate(columns):
+        col, arts, name = 3 + j, artifacts[space], plotly_label(space.upper())
+        axis = "coloraxis" if j == 0 else f"coloraxis{j + 1}"
         if arts is None:
             fig.add_annotation(
                 text=f"no {name}<br>fingerprint in<br>this workspace", showarrow=False,
                 font=dict(size=11, color="#6B7280"), xref="x domain", yref="y domain", x=0.5, y=0.5, row=1, col=col,
             )
             continue
-        a = channel_mean(np.asarray(arts).reshape(k, c, h, w))
+        full = np.asarray(arts, dtype=np.float32).reshape(k, c, h, w)
+        a = full if as_rgb else channel_mean(full)
         half = symmetric_range(a)
-        small = h * w <= HEATMAP_MAX_PIXELS
+        small = h * w <= HEATMAP_MAX_PIXELS and not as_rgb
         for r in range(k):
             if small:  # heatmaps keep the exact value under the cursor
                 trace = go.Heatmap(
@@ -129,11 +144,18 @@ def sample_grid(
                     hovertemplate=f"{name} artifact of {labels[r]}<br>x %{{x}}, y %{{y}}: %{{z:.4g}}<extra></extra>",
                 )
             else:
+                image = signed_rgb(a[r], half) if as_rgb else colormapped(a[r], half)
                 trace = go.Image(
-                    source=png_data_uri(colormapped(a[r], half)),
+                    source=png_data_uri(image),
                     hovertemplate=f"{name} artifact of {labels[r]}<br>x %{{x}}, y %{{y}}<extra></extra>",
                 )
             fig.add_trace(trace, row=r + 1, col=col)
+        if as_rgb:  # no single colour scale: the range goes in a note above the column
+            x0, x1 = fig.get_subplot(1, col).xaxis.domain
+            fig.add_annotation(text=f"each channel ±{_fmt(half)}", showarrow=False, font=dict(size=11),
+                               xref="paper", yref="paper", x=(x0 + x1) / 2, y=1, yanchor="bottom",
+                               yshift=top - COLORBAR_PX + 14)
+            continue
         if not small:  # PNG cells carry no values: an invisible marker trace gives the column its colour bar
             fig.add_trace(
                 go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
@@ -158,7 +180,7 @@ def sample_grid(
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, ticks="", autorange="reversed",
                      constrain="domain")
     for r in range(k):  # square pixels, should the chart be drawn narrower than asked
-        for col in range(1, 5):
+        for col in range(1, n_cols + 1):
             sub = fig.get_subplot(r + 1, col)
             sub.yaxis.scaleanchor = sub.yaxis.anchor
     fig.update_layout(

@@ -196,7 +196,8 @@ def map_section(path: str, stamp: str, record: dict, cards: list[sa.Card], file_
 
 def image_tiles(ws: Workspace, c: sa.Card) -> None:
     """The upload, its nearest real image and its RGB artifact, side by side."""
-    space = "rgb" if "rgb" in c.result.nearest_real else next(iter(c.result.nearest_real))
+    found = list(c.result.nearest_real)
+    space = next((s for s in found if state.pixel_exact(s)), found[0])  # x* in pixels where there is one
     nearest = np.asarray(ws.reference_images()[c.result.nearest_real[space]])
     art, half = fat.artifact_tile(c.converted, nearest)
     tiles = [(fat.pixel_tile(c.thumbnail), "upload"), (fat.pixel_tile(fat.chw_to_hwc(nearest)), f"nearest real ({space})"),

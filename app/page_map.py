@@ -111,8 +111,10 @@ def selection_panel(path: str, stamp: str, space: str, frame, rows: np.ndarray) 
         pick = np.sort(np.random.default_rng(0).choice(rows, size=shown, replace=False))  # a seeded draw
         picks = tuple((str(m), int(i)) for m, i in zip(frame["model"].to_numpy()[pick], frame["index"].to_numpy()[pick], strict=True))
         draw = state.selected_samples(path, stamp, picks, space)
-        fig = figures.sample_grid(draw.samples, draw.nearest, draw.artifacts.get("rgb"), draw.artifacts.get("freq"),
-                                  labels=list(draw.details["row"]), nearest_space=space)
+        columns = state.grid_spaces(draw.artifacts)
+        fig = figures.sample_grid(draw.samples, draw.nearest, {s: draw.artifacts.get(s) for s in columns},
+                                  labels=list(draw.details["row"]), nearest_space=space,
+                                  titles=state.artifact_titles(columns), colour=state.colour_mode(draw.samples, "map_colour"))
         st.plotly_chart(fig, width="content", key="map_grid", config={"displaylogo": False})
     with c_side:
         st.markdown("**Selected, per model**")

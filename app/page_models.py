@@ -7,7 +7,6 @@ import shlex
 import streamlit as st
 
 from app import figures, state
-from app.state import IMAGE_SPACES
 from app.text import md, md_code
 from fingerprint_core.workspace import Workspace
 
@@ -37,7 +36,7 @@ def design_table(path: str, stamp: str) -> None:
     for col in table.columns:
         if col.startswith("mean d² "):
             space = col.removeprefix("mean d² ")
-            unit = " (pixels in [0, 1])" if space == "rgb" else ""
+            unit = " (pixels in [0, 1])" if state.pixel_exact(space) else ""
             config[col] = st.column_config.NumberColumn(col, help=distance_help.format(space, unit), format="%.4g")
     st.dataframe(table, hide_index=True, column_config=config, width="stretch")
 
@@ -62,7 +61,7 @@ def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
     if not models:
         st.warning("This workspace holds no model samples yet.")
         return
-    spaces = [s for s in ws.space_names() if s in IMAGE_SPACES]
+    spaces = state.image_spaces(ws.space_names())
     c_model, c_k, c_seed, c_shuffle, c_space = st.columns([3, 3, 1.6, 1.6, 2.2], vertical_alignment="bottom")
     model = c_model.selectbox("Model", models, format_func=state.model_label, key=f"model@{path}")  # plain text
     n = ws.n_images(model)
@@ -76,7 +75,8 @@ def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
                                help="The samples shown are a seeded draw: the same seed shows the same ones.")
     c_shuffle.button("Shuffle", icon=":material/shuffle:", on_click=shuffle, args=(seed_key,), width="stretch")
     if not spaces:
-        st.warning("This workspace has no rgb or freq fingerprints, so there are no artifact images to show.")
+        st.warning("This workspace has no fingerprints in an image-shaped space (such as rgb or freq), so there are "
+                   "no artifact images to show.")
         return
     nearest_space = c_space.radio(
         "Nearest real image in", spaces, horizontal=True, key="models_nearest_space",
@@ -86,14 +86,16 @@ def sample_grid(ws: Workspace, path: str, stamp: str) -> None:
         st.warning(f"{md_code(model)} has no {nearest_space} fingerprint in this workspace.")
         return
     draw = state.sample_set(path, stamp, model, int(k), int(seed), nearest_space)
-    for s in IMAGE_SPACES:
+    columns = state.grid_spaces(ws.space_names())
+    for s in columns:
         if s not in draw.artifacts:
             command = f"manifpt fingerprint DATA_ROOT -w {shlex.quote(str(ws.path))} --spaces rgb,freq"
             st.info(f"No {s.upper()} fingerprint for {md_code(model)} in this workspace; that column stays empty. "
                     f"Add it with {md_code(command)}.")
     fig = figures.sample_grid(
-        draw.samples, draw.nearest, draw.artifacts.get("rgb"), draw.artifacts.get("freq"),
+        draw.samples, draw.nearest, {s: draw.artifacts.get(s) for s in columns},
         labels=list(draw.details["sample"]), nearest_space=nearest_space,
+        titles=state.artifact_titles(columns), colour=state.colour_mode(draw.samples, "models_colour"),
     )
     # the grid at its own pixel size, the details beside it (below it on a narrow screen)
     with st.container(horizontal=True, gap="large"):

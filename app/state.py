@@ -21,7 +21,50 @@ if TYPE_CHECKING:  # the analysis pulls in sklearn and torch: imported when a pa
 
 ROOT_ENV = "MANIFPT_WORKSPACE"
 WORKSPACE_KEY = "workspace"  # session_state: path (str) of the chosen workspace, or None
-IMAGE_SPACES = ("rgb", "freq")  # spaces whose artifacts are image-shaped (C x H x W)
+
+
+def image_spaces(names) -> list[str]:
+    """The spaces among names whose artifacts are image-shaped (C x H x W), drawn as images."""
+    from fingerprint_core import spaces
+
+    return [s for s in names if _known(s) and spaces.info(s).image_shaped]
+
+
+def artifact_titles(names) -> dict[str, str]:
+    """Column titles of the sample grids: what an artifact of each space is."""
+    from fingerprint_core import spaces
+
+    return {s: spaces.info(s).artifact_label for s in names if _known(s)}
+
+
+def grid_spaces(names) -> list[str]:
+    """Artifact columns of a sample grid: the paper's image-shaped spaces (empty when missing), then the rest."""
+    from fingerprint_core import spaces
+
+    return image_spaces(dict.fromkeys([*spaces.fused_names(), *names]))
+
+
+def pixel_exact(space: str) -> bool:
+    from fingerprint_core import spaces
+
+    return _known(space) and spaces.info(space).pixel_exact
+
+
+def colour_mode(samples: np.ndarray, key: str) -> str:
+    """For colour images, a choice of how artifacts are drawn: "mean" of channels or signed "rgb"."""
+    if np.asarray(samples).shape[1] != 3:
+        return "mean"
+    modes = {"mean": "Mean of channels", "rgb": "Signed RGB"}
+    picked = st.segmented_control("Colour artifacts as", list(modes), format_func=modes.get, default="mean", key=key,
+                                  help="Mean of channels: one diverging map. Signed RGB: each channel's artifact "
+                                       "as that colour (grey = 0), so a trace in one channel stays visible.")
+    return picked or "mean"
+
+
+def _known(space: str) -> bool:
+    from fingerprint_core import spaces
+
+    return space in spaces.names()
 
 
 def workspace_root() -> Path:
@@ -145,7 +188,7 @@ def sample_set(path: str, stamp: str, model: str, k: int, seed: int, nearest_spa
     nearest[order] = reference[nearest_idx[order]]
     arts = {
         s: np.asarray(ws.artifacts(model, s)[idx], dtype=np.float32).reshape(shape)
-        for s in IMAGE_SPACES if ws.has(model, s)
+        for s in image_spaces(ws.space_names()) if ws.has(model, s)
     }
     sources = ws.sources(model)["file"].to_numpy()
     details = pd.DataFrame({"sample": [f"#{i}" for i in idx], "file": sources[idx]})
@@ -257,12 +300,12 @@ def selected_samples(path: str, stamp: str, picks: tuple[tuple[str, int], ...], 
     ws = _open(path, stamp)
     reference = ws.reference_images()
     samples, nearest, rows = [], [], []
-    arts: dict[str, list[np.ndarray]] = {s: [] for s in IMAGE_SPACES}
+    arts: dict[str, list[np.ndarray]] = {s: [] for s in image_spaces(ws.space_names())}
     for model, index in picks:
         samples.append(np.asarray(ws.images(model)[index]))
         x_star = int(ws.nearest(model, nearest_space)[index])
         nearest.append(np.asarray(reference[x_star]))
-        for s in IMAGE_SPACES:
+        for s in arts:
             if ws.has(model, s):
                 arts[s].append(np.asarray(ws.artifacts(model, s)[index], dtype=np.float32).reshape(samples[-1].shape))
         rows.append({"model": model, "sample": int(index), f"x* {nearest_space}": x_star,

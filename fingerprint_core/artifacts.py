@@ -27,8 +27,8 @@ def project(space: Space, images: torch.Tensor | np.ndarray, manifold: Manifold,
     for a in range(0, len(images), batch_size):
         batch = images[a : a + batch_size]
         emb = space.embed(batch)
-        # The RGB space searches uint8 codes directly: exact integer arithmetic, 4x less data.
-        query = batch if space.name == "rgb" and manifold.pixels else emb
+        # A pixel-exact space (RGB) searches uint8 codes directly: exact integer arithmetic, 4x less data.
+        query = batch if space.info.pixel_exact and manifold.pixels else emb
         idx, dist = manifold.nearest(query)
         parts.append((idx, dist, emb - manifold.reference(idx).to(emb.device)))
     if not parts:

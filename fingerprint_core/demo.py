@@ -31,7 +31,7 @@ def available_spaces(names: tuple[str, ...] = DEMO_SPACES) -> tuple[list[str], l
     """(spaces that can be built here, warnings for the learned ones whose weights are missing)."""
     ok, warnings = [], []
     for name in names:
-        if name in ("sl", "ssl") and not spaces.default_weights(name).is_file():
+        if spaces.info(name).learned and not spaces.default_weights(name).is_file():
             warnings.append(f"the {name.upper()} space is skipped: no encoder weights at {spaces.default_weights(name)}")
             continue
         ok.append(name)

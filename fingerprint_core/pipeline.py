@@ -118,6 +118,7 @@ def fingerprint(
         ws.manifest["config"] = {
             "data_root": str(Path(data_root).resolve()),
             "spaces": [s.name for s in space_objs],
+            "preprocessing": {s.name: s.preprocessing() for s in space_objs},
             "holdout_fraction": holdout,
             "split_seed": seed,
             "image_shape": list(shape),
@@ -201,7 +202,7 @@ def _store_quality(ws: Workspace, path: Path) -> None:
 
 def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, progress: Progress) -> Manifold:
     """The manifold estimate in one space; non-pixel reference embeddings are cached on disk."""
-    if space.name == "rgb":
+    if space.info.pixel_exact:  # the stored reference images are the embedding, exactly
         return Manifold(ws.reference_images(), device=device)
     key = key_of(real.key, space.identity())
     rel = f"spaces/{space.name}-{key}"
@@ -214,7 +215,8 @@ def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, pr
         bar.close()
         emb = np.concatenate(parts) if parts else np.zeros((0, space.dim(real.reference.shape[1:])), np.float32)
         ws.write_entry(rel, {"reference.npy": emb})
-    ws.manifest["spaces"][space.name] = {"key": key, "dir": rel, "identity": space.identity()}
+    ws.manifest["spaces"][space.name] = {"key": key, "dir": rel, "identity": space.identity(),
+                                         **({"weights": space.source()} if space.source() else {})}
     return Manifold(ws.space_reference(space.name), device=device)
 
 

@@ -172,10 +172,20 @@ class Workspace:
         return self._npy(self._entry(model, space), "artifacts.npy")
 
     def space_reference(self, space: str) -> np.ndarray:
-        """Reference embeddings of a learned or FREQ space (rgb: the uint8 reference images)."""
-        if space == "rgb":
+        """Reference embeddings of a space (a pixel-exact one, RGB: the uint8 reference images)."""
+        entry = self.manifest.get("spaces", {}).get(space)
+        if entry is None:  # pixel-exact spaces store no embeddings of their own
+            from fingerprint_core import spaces
+
+            try:
+                exact = spaces.info(space).pixel_exact
+            except ValueError as err:
+                raise WorkspaceError(f"{self.path}: the space {space!r} this workspace lists is not available here ({err})") from None
+            if not exact:
+                raise WorkspaceError(f"{self.path / MANIFEST}: no reference embeddings recorded for the space {space!r}; "
+                                     "run `manifpt check` on the workspace")
             return self.reference_images()
-        return self._npy(self.manifest["spaces"][space]["dir"], "reference.npy")
+        return self._npy(entry["dir"], "reference.npy")
 
     def quality(self) -> pd.DataFrame:
         """Per-model quality figures shipped with the dataset (e.g. the zoo's FID, precision, recall)."""

@@ -165,7 +165,7 @@ def test_sample_grid_large_images_go_out_as_colour_mapped_pngs():
     imgs = rng.integers(0, 256, (k, c, h, w), dtype=np.uint8)
     arts = rng.normal(0, 0.1, (k, c, h, w)).astype(np.float16)
 
-    fig = figures.sample_grid(imgs, imgs, arts, arts).to_plotly_json()
+    fig = figures.sample_grid(imgs, imgs, {"rgb": arts, "freq": arts}).to_plotly_json()
 
     kinds = [t["type"] for t in fig["data"]]
     assert "heatmap" not in kinds and kinds.count("image") == 4 * k

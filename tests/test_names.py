@@ -141,7 +141,7 @@ def test_figure_builders_escape_every_name():
                              "n": 1, "over": "seeds"}])
     assert_plotly_text(fat.bench_figure(summary, "closed"), [MODEL])
     img = np.zeros((1, 1, 4, 4), np.uint8)
-    assert_plotly_text(figures.sample_grid(img, img, None, None, labels=[MODEL]), [MODEL])
+    assert_plotly_text(figures.sample_grid(img, img, {"rgb": None, "freq": None}, labels=[MODEL]), [MODEL])
 
 
 def test_readings_and_verdict_lines_escape_names():

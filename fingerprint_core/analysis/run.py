@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fingerprint_core import protocol
+from fingerprint_core import spaces as space_registry
 from fingerprint_core.analysis import design, fingerprint_map, learned, levels, model_level, spectra
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import REAL, Workspace, WorkspaceError, key_of
@@ -183,9 +184,10 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
             bar.update()
             bar.close()
         found["model"] = m
-    if "rgb" in spaces:  # per model, stacked in the order of models.npy
-        bar = progress.task("spectra (rgb)", 1)
-        per_model = [spectra.model_spectra(np.asarray(ws.images(m)), ws.artifacts(m, "rgb")) for m in models]
+    pixel_space = next((s for s in spaces if space_registry.info(s).pixel_exact), None)
+    if pixel_space:  # spectra of pixel artifacts, per model, stacked in the order of models.npy
+        bar = progress.task(f"spectra ({pixel_space})", 1)
+        per_model = [spectra.model_spectra(np.asarray(ws.images(m)), ws.artifacts(m, pixel_space)) for m in models]
         for part in ("artifact", "sample", "artifact_profile", "sample_profile"):
             arrays[f"spectra_{part}.npy"] = np.stack([getattr(x, part) for x in per_model]).astype(np.float32)
         bar.update()

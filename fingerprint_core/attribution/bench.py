@@ -111,10 +111,10 @@ def subsample_train(table: pd.DataFrame, per_model: int) -> pd.DataFrame:
 def manifpt_kinds() -> tuple[str, ...]:
     """ManiFPT's attributor kinds (rgb, freq, sl, ssl, fused), or none if the module is missing."""
     try:
-        from fingerprint_core.attribution.manifpt import KINDS
+        from fingerprint_core.attribution.manifpt import kinds
     except ImportError:
         return ()
-    return tuple(KINDS)
+    return kinds()
 
 
 def all_method_names() -> list[str]:

@@ -17,15 +17,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fingerprint_core import devices
+from fingerprint_core import devices, spaces
 from fingerprint_core.attribution import nets
 from fingerprint_core.attribution.method import Classes, Inputs, Method, Targets, read_config, write_config
-from fingerprint_core.spaces import SPACES
 
 WEIGHTS = "weights.safetensors"
 FUSED = "fused"
-KINDS = (*SPACES, FUSED)
 EVAL_BATCH = 1024
+
+
+def kinds() -> tuple[str, ...]:
+    """Every attributor there can be: one per registered space, and the fused one."""
+    return (*spaces.names(), FUSED)
+
+
+def needs(kind: str) -> tuple[str, ...]:
+    """The spaces an attributor reads."""
+    return spaces.fused_names() if kind == FUSED else (kind,)
 
 # Fusion: one trunk per space, their features concatenated, shared linear heads on top.
 # - A trunk per space, because the spaces differ in kind (image-shaped RGB/FREQ artifacts want
@@ -46,14 +54,14 @@ class ManiFPT(Method):
                  image_shape: tuple[int, int, int] | None = None,
                  progress: Callable[[dict], None] | None = None) -> None:
         space = str(space).lower()
-        if space not in KINDS:
-            raise ValueError(f"space={space!r}: choose one of {', '.join(KINDS)}")
+        if space not in kinds():
+            raise ValueError(f"space={space!r}: choose one of {', '.join(kinds())}")
         if epochs < 1 or batch_size < 2 or patience < 1 or lr <= 0 or weight_decay < 0:
             raise ValueError(f"epochs={epochs}, batch_size={batch_size}, patience={patience} must be >= 1 (batch >= 2); "
                              f"lr={lr} > 0, weight_decay={weight_decay} >= 0")
         self.space = space
         self.name = f"manifpt-{space}"
-        self.needs = tuple(SPACES) if space == FUSED else (space,)
+        self.needs = needs(space)
         self.epochs = int(epochs)
         self.batch_size = int(batch_size)
         self.lr = float(lr)
@@ -68,7 +76,7 @@ class ManiFPT(Method):
         trunks = {}
         for s in self.needs:
             shape = None
-            if s in ("rgb", "freq"):
+            if spaces.info(s).image_shaped:
                 shape = self.image_shape or nets.infer_image_shape(dims[s])
                 if shape is None:
                     raise ValueError(f"{s} artifacts have dimension {dims[s]}, not a square 1- or 3-channel image; "

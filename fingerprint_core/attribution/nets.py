@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fingerprint_core import spaces
+
 FEATURES = 128  # width of every trunk's feature vector (what the heads and open-set scores read)
 
 
@@ -108,7 +110,7 @@ class MLPTrunk(nn.Module):
 
 def trunk_for(space: str, dim: int, image_shape: tuple[int, int, int] | None) -> nn.Module:
     """The trunk of one space: ResNet when its artifacts are image-shaped (rgb, freq), else MLP."""
-    if space in ("rgb", "freq"):
+    if spaces.info(space).image_shaped:
         if image_shape is None or math.prod(image_shape) != dim:
             raise ValueError(f"{space} artifacts of dimension {dim} do not reshape to the image shape {image_shape}")
         return ResNetTrunk(image_shape)

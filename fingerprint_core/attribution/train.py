@@ -23,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fingerprint_core import spaces
 from fingerprint_core.attribution import openset
 from fingerprint_core.attribution import split as split_mod
-from fingerprint_core.attribution.manifpt import FUSED, KINDS, ManiFPT
+from fingerprint_core.attribution.manifpt import FUSED, ManiFPT, needs
+from fingerprint_core.attribution.manifpt import kinds as manifpt_kinds
 from fingerprint_core.attribution.method import Inputs
-from fingerprint_core.spaces import SPACES
 from fingerprint_core.workspace import Workspace, WorkspaceError, key_of
 
 VERSION = 1  # bump when the same inputs and settings would train a different attributor
@@ -41,12 +42,8 @@ class NotTrainedError(WorkspaceError):
 def available(ws: Workspace) -> list[str]:
     """Kinds that can be trained: spaces whose artifacts every model has, and "fused" when all four are there."""
     models = ws.model_names(include_real=True)
-    found = [s for s in SPACES if s in ws.space_names() and models and all(ws.has(m, s) for m in models)]
-    return found + ([FUSED] if len(found) == len(SPACES) else [])
-
-
-def needs(kind: str) -> tuple[str, ...]:
-    return tuple(SPACES) if kind == FUSED else (kind,)
+    found = [s for s in ws.space_names() if s in spaces.names() and models and all(ws.has(m, s) for m in models)]
+    return found + ([FUSED] if set(spaces.fused_names()) <= set(found) else [])
 
 
 def artifacts_key(ws: Workspace, kind: str) -> str:
@@ -99,13 +96,14 @@ def train(
     ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
     can = available(ws)
     kinds = list(kinds) if kinds else can
-    bad = [k for k in kinds if k not in KINDS]
+    kinds_known = manifpt_kinds()
+    bad = [k for k in kinds if k not in kinds_known]
     if bad:
-        raise ValueError(f"unknown attributor(s) {', '.join(bad)}; choose from {', '.join(KINDS)}")
+        raise ValueError(f"unknown attributor(s) {', '.join(bad)}; choose from {', '.join(kinds_known)}")
     missing = [k for k in kinds if k not in can]
     if missing:
         raise ValueError(f"workspace {ws.path} cannot train {', '.join(missing)}: it has artifacts in "
-                         f"{', '.join(ws.space_names()) or 'no space'} (fused needs all of {', '.join(SPACES)}); "
+                         f"{', '.join(ws.space_names()) or 'no space'} (fused needs all of {', '.join(spaces.fused_names())}); "
                          "add spaces with `manifpt fingerprint --spaces ...`")
     if score not in openset.SCORES:
         raise ValueError(f"score={score!r}: choose one of {', '.join(openset.SCORES)}")
