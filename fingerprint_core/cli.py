@@ -40,6 +40,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     from fingerprint_core import pipeline
 
     names = [s.strip().lower() for s in args.spaces.split(",") if s.strip()]
+    options = _space_options(args.weights, args.backbone, names)
     report = pipeline.fingerprint(
         args.data_root,
         args.workspace,
@@ -49,9 +50,29 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         holdout=args.holdout,
         seed=args.seed,
         progress=pipeline.Progress() if args.quiet else TqdmProgress(),
+        space_options=options,
     )
     _print_report(report)
     return 0
+
+
+def _space_options(weights: list[str], backbones: list[str], names: list[str]) -> dict[str, dict]:
+    """--weights SPACE=PATH and --backbone SPACE=NAME, per space (only learned spaces take them)."""
+    from fingerprint_core import spaces
+
+    options: dict[str, dict] = {}
+    for flag, key, given in (("--weights", "weights", weights), ("--backbone", "backbone", backbones)):
+        for item in given or []:
+            space, sep, value = item.partition("=")
+            space = space.strip().lower()
+            if not sep or not value.strip():
+                raise ValueError(f"{flag} {item!r}: expected SPACE=VALUE, e.g. {flag} sl=resnet50.pth")
+            if space not in names:
+                raise ValueError(f"{flag} {item!r}: the space {space!r} is not among --spaces {','.join(names)}")
+            if not spaces.info(space).learned:
+                raise ValueError(f"{flag} {item!r}: the {space} space has no weights (it is not learned)")
+            options.setdefault(space, {})[key] = Path(value.strip()).expanduser() if key == "weights" else value.strip()
+    return options
 
 
 def _print_report(report) -> None:
@@ -558,7 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fingerprint", help="compute artifacts and fingerprints of a GM dataset into a workspace")
     f.add_argument("data_root", type=Path, help="folder with real/, models/<name>/ and models.csv")
     f.add_argument("--workspace", "-w", type=Path, required=True, help="workspace folder (created if missing)")
-    f.add_argument("--spaces", default="rgb,freq", help="comma-separated: rgb, freq, sl, ssl (default: rgb,freq)")
+    f.add_argument("--spaces", default="rgb,freq",
+                   help="comma-separated registered spaces: rgb, freq, sl, ssl and any from $MANIFPT_PLUGINS (default: rgb,freq)")
+    f.add_argument("--weights", action="append", default=[], metavar="SPACE=PATH",
+                   help="weights of a learned space: a small encoder (.safetensors from `manifpt encoders train`) or "
+                        "a standard backbone's official file (torchvision ResNet-50, Barlow Twins ResNet-50, DINOv2 "
+                        "ViT-S/14; .safetensors or .pth). Repeatable. Default: $MANIFPT_ENCODERS/<space>.safetensors")
+    f.add_argument("--backbone", action="append", default=[], metavar="SPACE=NAME",
+                   help="the network of a --weights file: small, resnet50 or vit_s14 (default: told by its keys)")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     f.add_argument("--batch-size", type=int, default=4096, help="images per batch (default 4096)")
     f.add_argument("--holdout", type=float, default=0.1, help="share of real images held out (default 0.1)")

@@ -244,7 +244,7 @@ class BackboneSpace(Space):
         self._backbones = backbones
 
     def _embed_batch(self, x: torch.Tensor) -> torch.Tensor:
-        return self._backbones.embed(self.net, self.prep, x, batch_size=len(x)).float()
+        return self._backbones.embed(self.net, self.prep, x, batch_size=len(x)).to(self.device)
 
     def dim(self, image_shape):
         return int(self.meta["feature_dim"])

@@ -187,8 +187,8 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
     pixel_space = next((s for s in spaces if space_registry.info(s).pixel_exact), None)
     if pixel_space:  # spectra of pixel artifacts, per model, stacked in the order of models.npy
         bar = progress.task(f"spectra ({pixel_space})", 1)
-        per_model = [spectra.model_spectra(np.asarray(ws.images(m)), ws.artifacts(m, pixel_space)) for m in models]
-        for part in ("artifact", "sample", "artifact_profile", "sample_profile"):
+        per_model = [spectra.model_spectra(ws.images(m), ws.artifacts(m, pixel_space)) for m in models]
+        for part in SPECTRA_PARTS:
             arrays[f"spectra_{part}.npy"] = np.stack([getattr(x, part) for x in per_model]).astype(np.float32)
         bar.update()
         bar.close()
@@ -203,6 +203,9 @@ def analyze(ws: Workspace, *, settings: Settings | None = None, progress: Progre
         ws.manifest["analysis"] = {"key": key, "dir": rel}
         ws.commit(collect=("analysis-", "learned", "lodo"))
     return with_learned_lodo(ws, metrics)
+
+
+SPECTRA_PARTS = ("artifact", "sample", "artifact_profile", "sample_profile", "artifact_channels", "sample_channels")
 
 
 def _map_name(space: str, level: str) -> str:
@@ -310,5 +313,5 @@ class Analysis:
     def spectra(self, model: str) -> spectra.ModelSpectra:
         """The mean log power spectra of a model's RGB artifacts and samples, and their profiles."""
         i = self.models.index(model)
-        parts = ("artifact", "sample", "artifact_profile", "sample_profile")
-        return spectra.ModelSpectra(*(np.asarray(self._npy(f"spectra_{p}")[i]) for p in parts))
+        have = [p for p in SPECTRA_PARTS if (self.path / f"spectra_{p}.npy").is_file()]  # older caches: no channels
+        return spectra.ModelSpectra(**{p: np.asarray(self._npy(f"spectra_{p}")[i]) for p in have})

@@ -55,7 +55,8 @@ class ManiFPT(Method):
                  progress: Callable[[dict], None] | None = None) -> None:
         space = str(space).lower()
         if space not in kinds():
-            raise ValueError(f"space={space!r}: choose one of {', '.join(kinds())}")
+            raise ValueError(f"space={space!r} is not a registered space: choose one of {', '.join(kinds())} "
+                             "(a space of your own is registered by a module named in $MANIFPT_PLUGINS)")
         if epochs < 1 or batch_size < 2 or patience < 1 or lr <= 0 or weight_decay < 0:
             raise ValueError(f"epochs={epochs}, batch_size={batch_size}, patience={patience} must be >= 1 (batch >= 2); "
                              f"lr={lr} > 0, weight_decay={weight_decay} >= 0")
