@@ -51,6 +51,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=pipeline.Progress() if args.quiet else TqdmProgress(),
         space_options=options,
+        engine=pipeline.Engine(args.engine, address=args.address, shards=args.shards, index=args.index),
     )
     _print_report(report)
     return 0
@@ -588,6 +589,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--backbone", action="append", default=[], metavar="SPACE=NAME",
                    help="the network of a --weights file: small, resnet50 or vit_s14 (default: told by its keys)")
     f.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
+    f.add_argument("--engine", default="local", choices=["local", "ray", "approximate"],
+                   help="local (default); ray: reference shards held by Ray actors, embedding by Ray Data (same "
+                        "numbers; `MANIFPT_EXTRAS=ray bash scripts/setup.sh`); approximate: a faiss index re-ranked "
+                        "exactly, its recall@1 measured and recorded in the workspace config (not exact)")
+    f.add_argument("--address", default=None, help="--engine ray: the cluster to join (default: start a local instance)")
+    f.add_argument("--shards", type=int, default=None, help="--engine ray: reference shards, one actor each (default 2)")
+    f.add_argument("--index", default="ivf", choices=["ivf", "hnsw"], help="--engine approximate: the faiss index")
     f.add_argument("--batch-size", type=int, default=4096, help="images per batch (default 4096)")
     f.add_argument("--holdout", type=float, default=0.1, help="share of real images held out (default 0.1)")
     f.add_argument("--seed", type=int, default=0, help="seed of the real split (default 0)")

@@ -278,8 +278,18 @@ class _Collector:
         return lines
 
     def result(self) -> ImageSet:
-        if self.batches:
-            images = np.concatenate(self.batches)
+        if len(self.batches) == 1:
+            images = self.batches.pop()
+        elif self.batches:
+            # one copy at a time, each batch let go once copied: the peak is the set plus one batch,
+            # not twice the set (np.concatenate's)
+            images = np.empty((sum(len(b) for b in self.batches), *self.batches[0].shape[1:]), np.uint8)
+            at = 0
+            while self.batches:
+                batch = self.batches.pop(0)
+                images[at : at + len(batch)] = batch
+                at += len(batch)
+                del batch
         else:
             images = np.zeros((0, *(self.target or (1, 1, 1))), dtype=np.uint8)
         return ImageSet(images, self.sources, self.bad_files, self.warnings())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 import uuid
@@ -56,6 +57,53 @@ class HashingWriter:
     @property
     def closed(self) -> bool:
         return self.f.closed
+
+
+class DurableFile:
+    """A file written in pieces, hashed and counted as it goes; close() flushes and fsyncs it.
+
+    What write_durable does for one call, for writers that fill a file chunk by chunk (an entry's
+    .npy streams) and never hold all of it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._f = open(self.path, "wb")  # noqa: SIM115  (closed by close() or abort())
+        self._w = HashingWriter(self._f)
+
+    @property
+    def size(self) -> int:
+        return self._w.size
+
+    def write(self, data) -> int:
+        return self._w.write(data)
+
+    def close(self) -> tuple[int, str]:
+        """Flush, fsync and close; returns (size, sha256)."""
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        return self._w.size, self._w.sha256.hexdigest()
+
+    def abort(self) -> None:
+        """Close without syncing (the caller removes the file or its folder)."""
+        if not self._f.closed:
+            self._f.close()
+
+
+def npy_header(shape: tuple[int, ...], dtype) -> bytes:
+    """The header np.save writes for a C-ordered array of this shape and dtype (format 1.0, else 2.0),
+    so a .npy streamed as header + rows has np.save's bytes exactly."""
+    import numpy as np
+
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(s) for s in shape)}
+    buf = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(buf, header)
+    except ValueError:  # a header over 64 KiB (a very long shape or a large structured dtype)
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_2_0(buf, header)
+    return buf.getvalue()
 
 
 def write_durable(path: Path, data: bytes | Callable[[HashingWriter], None]) -> tuple[int, str]:

@@ -1,19 +1,24 @@
 """The manifold estimate: a reference set of real embeddings and its exact nearest-neighbour search.
 
 Exact means the answer of float64 brute force (squared L2; ties go to the lowest reference index).
-The search runs in three steps, each a pure function over a batch of queries:
+A search is a sequence of pure functions over a batch of queries:
 
-1. candidate pass: a fast, chunked pass over approximate scores |r|^2 - 2 q.r (int8 x int8 ->
-   int32 for pixel codes, which is exact arithmetic; float32 otherwise) with a rigorous bound on
-   how far any approximate score can be from its float64 value;
-2. re-rank: the candidates' distances in float64;
-3. certificate: the candidates are every reference whose approximate score lies within the
-   bound of the query's best approximate score, so no reference left out can be nearer. (With
-   faiss, whose top-k is fixed, a query whose k-th candidate is still inside the band is settled
-   by float64 brute force.)
+1. (optional) lower-bound pruning: references and queries are projected on d <= 256 principal
+   directions of the centred reference set. For a matrix P with spectral norm s,
+   ||P(q - r)|| <= s ||q - r||, so the projected distance (less its own rounding margin) over s is
+   a lower bound of the full one. Each query is seeded with the exact distance of its best two
+   references by the projection; only references whose bound does not exceed it are verified.
+2. candidate pass over the (surviving) references: exact integer scores |r'|^2 - 2 q'.r' for
+   pixel codes (int8 x int8 -> int32), or approximate scores |y|^2 - 2 x.y of centred values
+   x = q - c, y = r - c (bf16 or float32 matmul; float64 as the last resort) with a rigorous
+   bound E on |approx - exact|. Centring on the reference mean c leaves distances unchanged and
+   shrinks |x| and |y|, hence E. A reference can be nearest only if approx - E <= min(approx + E).
+3. re-rank: those candidates' float64 distances (direct sums of squared differences) decide.
 
-The reference rows live in a store that may be a memory-mapped .npy: chunks stream through the
-search, so memory stays bounded by the chunk size, not by the reference set.
+Memory is bounded by the working set (`memory.working_set_bytes()`, or `working_bytes=`):
+reference chunks, query tiles, candidate lists and re-rank blocks are all sized from it, the
+reference store stays memory-mapped if given so, and prepared chunks are cached only when they
+fit in a share of it.
 """
 
 from __future__ import annotations
@@ -24,11 +29,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fingerprint_core import devices
+from fingerprint_core import devices, memory
 
 PIXEL_LEVELS = 255  # uint8 pixel code k stands for the value k / 255 (the RGB space)
 _U32 = 2.0**-24  # float32 unit roundoff
+_U16 = 2.0**-8  # bfloat16 unit roundoff (8-bit significand)
+_U64 = 2.0**-53  # float64 unit roundoff
+_TINY = 2.0**-120  # covers subnormal flushing / absolute rounding of tiny values
 _INT32_SAFE_DIM = 40_000  # 3 * D * 128^2 < 2^31: larger D accumulates slabs in int64
+_KBLOCK = 2048  # float matmuls over more than 2 * _KBLOCK columns accumulate blocks of it
+_MAX_DIMS = 256
+
+
+def _gamma(k: int, u: float = _U32) -> float:
+    """Higham's gamma_k = k u / (1 - k u): the relative error bound of any k-term summation order."""
+    return k * u / (1 - k * u)
 
 
 @dataclass(frozen=True)
@@ -36,10 +51,20 @@ class SearchStats:
     """What the last search did: how many queries each step had to settle."""
 
     queries: int
-    path: str  # "int8" | "float32" | "faiss"
+    path: str  # "int8" | "bf16" | "float32" | "float64" | "faiss"
     certified: int  # settled by the candidate pass and the float64 re-rank
     candidates: int  # (query, reference) pairs re-ranked in float64
     brute_force: int  # settled by float64 exhaustive search
+    pruned: bool = False  # whether the lower-bound pass ran
+    verified_share: float = 1.0  # share of (query, reference) pairs the lower bound could not rule out
+    evaluated_share: float = 1.0  # share of pairs the full-dimensional pass evaluated
+    prune_dims: int = 0
+    chunk_rows: int = 0  # reference rows per chunk the search chose
+    query_rows: int = 0  # queries per batch the search chose
+
+
+class _TooMany(Exception):
+    """A candidate band that holds too many pairs: redo the tile at a higher precision."""
 
 
 def _rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -67,11 +92,26 @@ def _pixel_codes(x: np.ndarray) -> np.ndarray | None:
     return codes
 
 
+def _fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmul (float32 accumulation) runs much faster than float32 here."""
+    if device.type == "cuda":
+        # reduced-precision reductions would break the accumulation bound
+        return (torch.cuda.get_device_capability(device) >= (8, 0)
+                and not torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)
+    return "amx_bf16" in devices._cpu_flags()
+
+
 class Manifold:
     """Reference embeddings of real images and exact nearest-neighbour search among them.
 
     ``reference``: N x D float embeddings (tensor, array or memmap), or uint8 pixel codes of any
     shape N x ... (the RGB space's exact, 4x smaller form; value = code / 255).
+
+    ``working_bytes``: memory one step of the search may hold (None: the working-set setting).
+    ``prune``: the lower-bound pass: None chooses by cost, True / False force it.
+    ``prune_dims``: its number of directions (None: by D and N). ``precision``: "auto" (bf16
+    candidate pass where the hardware has it, float32 when its band holds too many), "bf16",
+    "float32" or "float64" for float embeddings.
     """
 
     def __init__(
@@ -83,14 +123,23 @@ class Manifold:
         chunk_rows: int = 8192,
         query_tile: int = 512,
         cache_bytes: int = 2 * 2**30,
+        working_bytes: int | None = None,
+        prune: bool | None = None,
+        prune_dims: int | None = None,
+        precision: str = "auto",
     ) -> None:
         if backend not in ("torch", "faiss"):
             raise ValueError(f"backend={backend!r}: expected 'torch' or 'faiss'")
+        if precision not in ("auto", "bf16", "float32", "float64"):
+            raise ValueError(f"precision={precision!r}: expected 'auto', 'bf16', 'float32' or 'float64'")
         self.device = devices.resolve(device)
         self.backend = backend
-        self.chunk_rows = int(chunk_rows)
-        self.query_tile = int(query_tile)
-        self.cache_bytes = int(cache_bytes)
+        self.query_tile = max(1, int(query_tile))
+        self.working_bytes = int(working_bytes) if working_bytes is not None else memory.working_set_bytes()
+        self.cache_bytes = min(int(cache_bytes), self.working_bytes // 2)
+        self.prune = prune
+        self.prune_dims = prune_dims
+        self.precision = precision
         rows = _rows(reference)
         if rows.ndim != 2 or rows.shape[0] == 0:
             raise ValueError(f"reference must hold at least one row; got shape {tuple(rows.shape)}")
@@ -104,16 +153,25 @@ class Manifold:
             self._store = rows if rows.dtype == np.float32 else rows.astype(np.float32)
         self.pixels = self._store.dtype == np.uint8
         self.size, self.dim = self._store.shape
-        self._norms = self._exact_norms()  # float64 |r|^2 of the values
-        self._max_norm = float(np.sqrt(self._norms.max()))
-        self._prepared: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
+        # a chunk holds about 28 bytes per element (copy, float64 values, prepared form) in half
+        # of the working set
+        self.chunk_rows = max(1, min(int(chunk_rows), self.working_bytes // (2 * 28 * self.dim)))
+        self._centre: np.ndarray | None = None  # float64 reference mean (float paths)
+        self._prepared: tuple[str, list] | None = None
+        self._proj: dict | None = None
         self._faiss_index = None
+        self._raw_max_norm: float | None = None
         self.last_stats: SearchStats | None = None
 
     # ---- the store -------------------------------------------------------------------------
-    def _chunks(self):
-        for a in range(0, self.size, self.chunk_rows):
-            yield a, np.array(self._store[a : a + self.chunk_rows])  # a copy: memmaps are read-only
+    def _chunks(self, rows: int | None = None):
+        step = rows or self.chunk_rows
+        for a in range(0, self.size, step):
+            yield a, np.array(self._store[a : a + step])  # a copy: memmaps are read-only
+
+    def _gather(self, idx: np.ndarray) -> np.ndarray:
+        """Rows idx (ascending) of the store; sorted reads are kind to a memmap."""
+        return np.asarray(self._store[idx])
 
     def _values64(self, rows: np.ndarray) -> np.ndarray:
         """The float64 embedding values of stored rows (codes -> code/255 as the input had them)."""
@@ -123,19 +181,21 @@ class Manifold:
             return (rows.astype(np.float32) / np.float32(PIXEL_LEVELS)).astype(np.float64)
         return rows.astype(np.float64) / PIXEL_LEVELS
 
-    def _exact_norms(self) -> np.ndarray:
-        out = np.empty(self.size, dtype=np.float64)
-        for a, rows in self._chunks():
-            v = self._values64(rows)
-            out[a : a + len(v)] = np.einsum("ij,ij->i", v, v)
-        return out
+    def _mean(self) -> np.ndarray:
+        """The float64 mean of the reference values (the centre of every float pass)."""
+        if self._centre is None:
+            total = np.zeros(self.dim)
+            for _, rows in self._chunks():
+                total += self._values64(rows).sum(0)
+            self._centre = total / self.size
+        return self._centre
 
     def reference(self, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The float32 embeddings of the given reference rows, on the manifold's device."""
         idx = np.asarray(torch.as_tensor(idx).cpu())
         order = np.argsort(idx, kind="stable")
         rows = np.empty((len(idx), self.dim), dtype=self._store.dtype)
-        rows[order] = self._store[idx[order]]  # sorted reads are kind to a memmap
+        rows[order] = self._store[idx[order]]
         if self.pixels:
             vals = torch.from_numpy(rows).to(torch.float32) / PIXEL_LEVELS
         else:
@@ -156,123 +216,117 @@ class Manifold:
         q_codes = None
         if self.pixels and self.backend == "torch" and devices.fast_int8(self.device):
             q_codes = q if q.dtype == np.uint8 else _pixel_codes(q)
-        q64 = q.astype(np.float64) / PIXEL_LEVELS if q.dtype == np.uint8 else q.astype(np.float64)
-        if q_codes is not None:
-            # float32 inputs on the code lattice differ from code/255 by one rounding per element
-            exact_codes = not self._float32_values and q.dtype == np.uint8
-            eta = 0.0 if exact_codes else 2 * _U32 * math.sqrt(self.dim) * 1.01
-            path, pairs = "int8", self._int8_pass(q_codes, eta)
-            idx, dist = _pick(pairs, q64, self, by_approx=exact_codes)
-        elif self.backend == "faiss":
-            path, pairs = "faiss", self._faiss_pass(q)
-            idx, dist = _pick(pairs, q64, self)
-        else:
-            path, pairs = "float32", self._float32_pass(q)
-            idx, dist = _pick(pairs, q64, self)
-        todo = np.flatnonzero(idx < 0)  # faiss answers its k-th candidate could not certify
-        if len(todo):
-            idx[todo], dist[todo] = self._brute_force64(q64[todo])
-        self.last_stats = SearchStats(n, path, n - len(todo), len(pairs[0]), len(todo))
+        run = _Run(self, q, q_codes)
+        idx, dist = run.search()
+        self.last_stats = run.stats()
         return (
             torch.from_numpy(idx).to(self.device),
             torch.from_numpy(dist.astype(np.float32)).to(self.device),
         )
 
-    # ---- step 1: candidate passes ----------------------------------------------------------
+    # ---- prepared reference chunks ---------------------------------------------------------
+    def _prepare(self, rows: np.ndarray, kind: str):
+        """A chunk in the compute form: (rows on device, norms, max centred norm)."""
+        t = torch.from_numpy(rows)
+        if kind == "int8":
+            t = _shift_int8(t)
+            wide = self.dim > _INT32_SAFE_DIM
+            norms = _int_norms(t)
+            norms = norms if wide else norms.to(torch.int32)
+            return t.to(self.device), norms.to(self.device), 0.0
+        y = self._values64(rows) - self._mean()  # float64, one rounding of the centred value
+        n2 = np.einsum("ij,ij->i", y, y)
+        dtype = {"bf16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}[kind]
+        ndt = torch.float64 if kind == "float64" else torch.float32
+        yt = _pad_blocks(torch.from_numpy(y).to(dtype))  # rows (n x D'), zero columns add nothing
+        ymax = float(np.sqrt(n2.max())) * (1 + 1e-12)
+        return yt.to(self.device), torch.from_numpy(n2).to(ndt).to(self.device), ymax
+
     def _prepared_chunks(self, kind: str):
-        """Reference chunks in the compute form (transposed, on device), cached when they fit."""
+        """(ids, rt, rn, ymax) over the whole store, cached when they fit in the cache budget."""
         if self._prepared is not None and self._prepared[0] == kind:
             yield from self._prepared[1]
             return
-        item_bytes = 1 if kind == "int8" else 4
-        keep = self.size * self.dim * item_bytes <= self.cache_bytes
+        item = {"int8": 1, "bf16": 2, "float32": 4, "float64": 8}[kind]
+        keep = self.size * self.dim * item <= self.cache_bytes
         cache = []
         for a, rows in self._chunks():
-            t = torch.from_numpy(rows)
-            if kind == "int8":
-                t = _shift_int8(t)
-                norms = (t.to(torch.int32) ** 2).sum(1, dtype=torch.int32)
-            else:
-                t = t.to(torch.float32) / PIXEL_LEVELS if self.pixels else t.to(torch.float32)
-                norms = torch.from_numpy(self._norms[a : a + len(rows)]).to(torch.float32)
-            item = (a, t.T.contiguous().to(self.device), norms.to(self.device))
+            rt, rn, ymax = self._prepare(rows, kind)
+            ids = torch.arange(a, a + len(rows), device=self.device)
             if keep:
-                cache.append(item)
-            yield item
+                cache.append((ids, rt, rn, ymax))
+            yield ids, rt, rn, ymax
         if keep:
             self._prepared = (kind, cache)
 
-    def _band_pass(self, q: torch.Tensor, kind: str, score, band):
-        """Pairs (query, reference, approx score) within band(best) of each query's best score.
+    def _gathered_chunks(self, ids: np.ndarray, kind: str):
+        """The same over a subset of references (ascending ids): from the cache of prepared
+        chunks when it holds this kind, else read from the store."""
+        if self._prepared is not None and self._prepared[0] == kind:
+            starts = np.array([int(c[0][0]) for c in self._prepared[1]])
+            where = np.searchsorted(starts, ids, side="right") - 1
+            for c in np.unique(where):
+                part = ids[where == c]
+                cids, rt, rn, _ = self._prepared[1][c]
+                cols = torch.from_numpy(part - starts[c]).to(self.device)
+                sub_rn = rn[cols]
+                if kind == "int8":
+                    yield cids[cols], rt[cols], sub_rn, 0.0
+                else:  # rn = fl(|y|^2): |y|^2 <= rn (1 + 2u)
+                    ymax = math.sqrt(float(sub_rn.max()) * (1 + 4 * _U32)) * (1 + 1e-12)
+                    yield cids[cols], rt[cols], sub_rn, ymax
+            return
+        for a in range(0, len(ids), self.chunk_rows):
+            part = ids[a : a + self.chunk_rows]
+            rt, rn, ymax = self._prepare(self._gather(part), kind)
+            yield torch.from_numpy(part).to(self.device), rt, rn, ymax
 
-        The running best comes from a cheap row minimum; indices are extracted only from the
-        rows whose tile minimum can still matter, so the epilogue stays a fraction of the matmul.
+    def _float_bound(self, kind: str) -> tuple[float, float, float]:
+        """(a, b, t): |approx - exact| of a centred score <= a X Y + b Y^2 + t (X + Y).
+
+        x = q - c, y = r - c exactly; the search rounds them to x~, y~ (relative ui each);
+        |x.y - x~.y~| <= (2 ui + ui^2) X Y. The matmul accumulates with gamma_k (k = D, or the
+        block length, plus gamma over the blocks' sum); bf16 outputs round each block's
+        partial sum to nearest (u16 of its absolute sum; oneDNN and cuBLAS convert float32 to
+        bf16 round-to-nearest-even; CUDA only without reduced-precision reductions). |y|^2 is
+        rounded once and the epilogue rounds once (u |score| <= u (Y^2 + 2 X Y)). Factor 1.05
+        covers the second-order terms.
         """
-        n = q.shape[0]
-        best = torch.full((n,), math.inf, dtype=torch.float64, device=self.device)
-        found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for a, rt, rn in self._prepared_chunks(kind):
-            for q0 in range(0, n, self.query_tile):
-                s = score(q[q0 : q0 + self.query_tile], rt, rn)  # (m, chunk)
-                b = best[q0 : q0 + len(s)]
-                tile_min = s.amin(dim=1).to(torch.float64)
-                new_best = torch.minimum(b, tile_min)
-                thr = new_best + band(new_best, q0)
-                rows = torch.nonzero(tile_min <= thr).squeeze(1)
-                if len(rows):
-                    # compare in the tile's own dtype (no float64 copy of the tile): integer
-                    # scores against floor(thr), float32 ones against thr rounded up
-                    sub = s if len(rows) == len(s) else s[rows]
-                    r_i, c_i = torch.nonzero(sub <= _threshold_like(thr[rows], s.dtype)[:, None], as_tuple=True)
-                    q_i = rows[r_i]
-                    found.append((q_i + q0, c_i + a, s[q_i, c_i].to(torch.float64)))
-                b.copy_(new_best)
-        qi, ri, sv = (torch.cat(t) for t in zip(*found, strict=True))
-        keep = sv <= best[qi] + band(best, 0)[qi]  # only the final band survives
-        return qi[keep].cpu().numpy(), ri[keep].cpu().numpy(), sv[keep].cpu().numpy()
-
-    def _int8_pass(self, q_codes: np.ndarray, eta: float):
-        """Candidates by exact integer scores |r'|^2 - 2 q'.r' on codes shifted to int8."""
-        q = _shift_int8(torch.from_numpy(np.array(q_codes))).to(self.device)
-        wide = self.dim > _INT32_SAFE_DIM
-        qn = (q.to(torch.int64) ** 2).sum(1).to(torch.float64)
-
-        def score(qt, rt, rn):
-            return torch.sub(rn.to(torch.int64) if wide else rn, _int_dots(qt, rt, wide), alpha=2)
-
-        def band(b, q0):
-            # the float values move sqrt(d) by at most eta: keep every code distance that could win
-            d = (b + qn[q0 : q0 + len(b)]).clamp_min(0)
-            reach = PIXEL_LEVELS * 2 * eta
-            return (2 * reach * d.sqrt() + reach**2) * (1 + 1e-9)
-
-        return self._band_pass(q, "int8", score, band)
-
-    def _float32_pass(self, q: np.ndarray):
-        """Candidates by float32 scores |r|^2 - 2 q.r, within twice the rounding-error bound."""
-        qt_all = torch.from_numpy(np.array(q, dtype=np.float32)).to(self.device)
-        q64 = q.astype(np.float64)
-        qn2 = np.einsum("ij,ij->i", q64, q64)
-        twice = torch.from_numpy(2 * self._float32_bound(np.sqrt(qn2), qn2)).to(self.device)
-
-        def score(qt, rt, rn):
-            return torch.addmm(rn.unsqueeze(0), qt, rt, beta=1.0, alpha=-2.0)
-
-        def band(b, q0):
-            return twice[q0 : q0 + len(b)]
-
-        return self._band_pass(qt_all, "float32", score, band)
-
-    def _float32_bound(self, qn: np.ndarray, qn2: np.ndarray) -> np.ndarray:
-        """Worst-case |approx - exact| of a float32 distance score, per query (Higham's gamma_D)."""
+        d = self.dim
+        kb, nb = (d, 1) if d <= 2 * _KBLOCK else (_KBLOCK, _padded(d) // _KBLOCK)
+        if kind == "float64":
+            g = _gamma(d + 2, _U64)
+            return 1.1 * (8 * _U64 + 4 * g), 1.1 * (2 * g + 3 * _U64), 0.0
         highest = self.device.type == "cpu" or torch.get_float32_matmul_precision() == "highest"
-        u = _U32 if highest else 2.0**-11  # TF32 on GPUs when allowed
+        if kind == "float32":
+            ui = _U32 + 2 * _U64 + (0.0 if highest else 2.0**-11)  # TF32 rounds inputs again
+            g = _gamma(kb + 1) + _gamma(nb + 1)
+            a = 4 * ui + 2 * ui**2 + 2 * (g + _U32) * (1 + ui) ** 2 + 2 * _U32
+            b = g + 3 * _U32 + 1e-10
+        else:  # bf16 inputs, float32 accumulation, bf16 block outputs summed in float32
+            ui = _U16 + _U32 + 2 * _U64  # float64 -> bf16 may round twice
+            g = (_gamma(kb) + _U16) * (1 + _gamma(nb + 1)) + _gamma(nb + 1)
+            a = 4 * ui + 2 * ui**2 + 2 * g * (1 + ui) ** 2 + 4 * _U32 * (1 + g)
+            b = 3 * _U32 + 1e-10
+        return 1.05 * a, 1.05 * b, 4 * _TINY * math.sqrt(d)
+
+    # ---- faiss -------------------------------------------------------------------------------
+    def _raw_norm_max(self) -> float:
+        if self._raw_max_norm is None:
+            m = 0.0
+            for _, rows in self._chunks():
+                v = self._values64(rows)
+                m = max(m, float(np.einsum("ij,ij->i", v, v).max()))
+            self._raw_max_norm = math.sqrt(m)
+        return self._raw_max_norm
+
+    def _faiss_bound(self, qn: np.ndarray, qn2: np.ndarray) -> np.ndarray:
+        """Worst-case |approx - exact| of faiss's float32 (uncentred) distances, per query."""
+        u = _U32
         d = self.dim + 4
         gamma = d * u / (1 - d * u)
-        big_r = self._max_norm
-        # matmul: 2 gamma |q||r|; the norm's and the epilogue's roundings: u (|r|^2 + |score|);
-        # inputs rounded to float32 (pixel codes / 255, float64 queries): 2 u |q||r| + 2 u |r|^2
-        bound = 2 * gamma * qn * big_r + 4 * u * (big_r**2 + 2 * qn * big_r) + u * qn2
+        big_r = self._raw_norm_max()
+        bound = 2 * gamma * qn * big_r + 4 * u * (big_r**2 + 2 * qn * big_r) + u * qn2 + u * (qn + big_r) ** 2
         return 1.05 * bound + 1e-300
 
     def _faiss_pass(self, q: np.ndarray, k: int = 8):
@@ -290,57 +344,479 @@ class Manifold:
         k = min(k, self.size)
         d, i = self._faiss_index.search(qf, k)
         qn2 = np.einsum("ij,ij->i", qf.astype(np.float64), qf.astype(np.float64))
-        twice = 2 * self._float32_bound(np.sqrt(qn2), qn2)
+        twice = 2 * self._faiss_bound(np.sqrt(qn2), qn2)
         within = d <= d[:, :1] + twice[:, None]
-        # all k inside the band: a non-candidate could be inside too, so mark the query undecided
         undecided = within[:, -1] & (k < self.size)
         within[undecided] = False
         qi, col = np.nonzero(within)
-        return qi, i[qi, col].astype(np.int64), d[qi, col].astype(np.float64)
+        return qi, i[qi, col].astype(np.int64), undecided
 
-    def _brute_force64(self, q64: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """Float64 exhaustive search (the reference answer), chunked over the store."""
-        best_s, best_i = None, None
+    # ---- projection for the lower bound ------------------------------------------------------
+    def _dims(self) -> int:
+        if self.prune_dims is not None:
+            d = int(self.prune_dims)
+        else:
+            d = 128 if self.dim <= 4096 else 64
+        return max(0, min(d, _MAX_DIMS, self.dim))
+
+    def _projection(self) -> dict | None:
+        """Principal directions of a sample of the centred references, and every reference's
+        projection (centred, float32) with its rounding margin. None when it cannot help."""
+        if self._proj is not None:
+            return self._proj or None
+        wb, dim, n = self.working_bytes, self.dim, self.size
+        # the sample: a float32 S x D block; its Gram (S x S) or covariance (D x D) sets the cost
+        s_cap = 4096 if dim <= 2048 else max(64, int(math.sqrt(4e10 / dim)))
+        s = min(n, s_cap, wb // (8 * 4 * dim))
+        d = min(self._dims(), s - 1, (wb // 2) // (dim * 8 * 3)) // 8 * 8
+        if d < 8 or n * d * 16 > wb // 4:
+            self._proj = {}
+            return None
+        pick = np.unique(np.linspace(0, n - 1, s).round().astype(np.int64))
+        x = self._values64(self._gather(pick))
+        x -= x.mean(0)
+        xt = torch.from_numpy(x.astype(np.float32)).to(self.device)
+        del x
+        # top directions by subspace iteration on the sample (S x D work only: no D x D or
+        # S x S eigenproblem), then Rayleigh-Ritz on the k-dimensional subspace
+        k = min(len(pick), dim, d + 8)
+        g = torch.Generator(device="cpu").manual_seed(0)
+        v = torch.randn((dim, k), generator=g).to(self.device)
+        for _ in range(3):
+            v = xt.T @ (xt @ v)
+            gram = torch.nan_to_num((v.T @ v).double())  # orthonormalise through the k x k Gram
+            gram += torch.eye(k, dtype=torch.float64, device=gram.device) * (1e-12 * float(gram.diagonal().sum()) + 1e-300)
+            w, e = torch.linalg.eigh(gram)
+            v = v @ (e / w.clamp_min(float(w.max()) * 1e-12).sqrt()).float()
+        b = (xt @ v).double()
+        w, rot = torch.linalg.eigh(b.T @ b)
+        captured = float(w.flip(0)[:d].sum() / (xt.double() ** 2).sum().clamp_min(1e-300))
+        basis = (v.double() @ rot.flip(1)[:, :d]).cpu().numpy()
+        del xt
+        if self.prune is None and captured < 0.9:
+            # the directions hold too little of the spread: the bound would rule out little
+            self._proj = {}
+            return None
+        basis = _orthonormal(basis)  # the bound does not rely on it: it uses P's own norms
+        if self.pixels and devices.fast_int8(self.device):
+            proj = self._int_projection(basis)
+        else:
+            proj = self._float_projection(basis)
+        self._proj = proj
+        return proj
+
+    def _int_projection(self, basis: np.ndarray) -> dict:
+        """Integer directions C (int8) with P = scale C: exact projections of shifted codes."""
+        peak = np.abs(basis).max()
+        cmat = np.rint(basis * (127 / peak)).astype(np.int8)
+        scale = float(peak / 127)
+        # spectral norm of P = scale C from the exact integer Gram C^T C
+        sigma = scale * math.sqrt(np.linalg.eigvalsh(cmat.T.astype(np.float64) @ cmat.astype(np.float64)).max())
+        pad = (-self.dim) % 8
+        ct = torch.from_numpy(np.pad(cmat, ((0, pad), (0, 0)))).to(self.device)
+        ctt = ct.T.contiguous()
+        wide = self.dim > _INT32_SAFE_DIM
+        out = np.empty((self.size, cmat.shape[1]))
+        for ids, rt, _, _ in self._prepared_chunks("int8"):  # cached for the verification
+            a = int(ids[0])
+            out[a : a + len(rt)] = _int_dots(ctt, rt.T, wide).T.cpu().numpy().astype(np.float64) * scale
+        proj = {"kind": "int8", "ct": ct, "scale": scale, "sigma": sigma * (1 + 1e-9), "unit": PIXEL_LEVELS,
+                "eps": 0.0, "x": None}
+        return self._finish_projection(proj, out)
+
+    def _float_projection(self, basis: np.ndarray) -> dict:
+        """float32 directions P; projections of fl32(values - c), with their error bound."""
+        p32 = basis.astype(np.float32)
+        p64 = p32.astype(np.float64)
+        sigma = math.sqrt(np.linalg.eigvalsh(p64.T @ p64).max())
+        fro = math.sqrt(float((p64**2).sum()))
+        kb, nb = (self.dim, 1) if self.dim <= 2 * _KBLOCK else (_KBLOCK, _padded(self.dim) // _KBLOCK)
+        highest = self.device.type == "cpu" or torch.get_float32_matmul_precision() == "highest"
+        ui = _U32 + 2 * _U64
+        # ||fl(x~ P) - P^T x|| <= ||P||_F (2 u_tf32 + gamma_kb + gamma_nb)(1 + ui) X + sigma ui X
+        eps = 1.05 * (fro * ((0.0 if highest else 2 * 2.0**-11) + _gamma(kb) + _gamma(nb + 1)) * (1 + ui) + sigma * ui)
+        pt = _pad_blocks(torch.from_numpy(p32).T).T.contiguous().to(self.device)  # (D' x d)
+        out = np.empty((self.size, p32.shape[1]))
+        xn = np.empty(self.size)
         for a, rows in self._chunks():
-            s = torch.from_numpy(self._norms[a : a + len(rows)][None, :] - 2 * q64 @ self._values64(rows).T)
-            kk = min(k, s.shape[1])
-            v, j = torch.topk(s, kk, dim=1, largest=False)
-            if best_s is not None:
-                v, j = torch.cat([best_s, v], 1), torch.cat([best_i, j + a], 1)
-                v, pos = torch.topk(v, min(k, v.shape[1]), dim=1, largest=False)
-                j = torch.gather(j, 1, pos)
+            y = self._values64(rows) - self._mean()
+            xn[a : a + len(rows)] = np.sqrt(np.einsum("ij,ij->i", y, y))
+            yt = _pad_blocks(torch.from_numpy(y).to(torch.float32)).to(self.device)
+            out[a : a + len(rows)] = _blocked_mm(yt, pt).double().cpu().numpy()
+        proj = {"kind": "float32", "pt": pt, "sigma": sigma * (1 + 1e-9), "unit": 1.0, "eps": eps, "x": xn}
+        return self._finish_projection(proj, out)
+
+    def _finish_projection(self, proj: dict, out: np.ndarray) -> dict:
+        centre = out.mean(0)
+        out -= centre
+        pn = np.sqrt(np.einsum("ij,ij->i", out, out))
+        margin = 1.01 * _U32 * pn + _TINY  # fl32 of the centred projection
+        if proj["x"] is not None:
+            margin += proj["eps"] * proj["x"]
+        step = 8192
+        chunks = []
+        for a in range(0, self.size, step):
+            b = min(self.size, a + step)
+            pr = torch.from_numpy(out[a:b].astype(np.float32))
+            pr64 = pr.double()
+            nr = (pr64 * pr64).sum(1)
+            chunks.append((a, pr.T.contiguous().to(self.device), nr.float().to(self.device),
+                           float(margin[a:b].max()), float(np.sqrt(nr.max().item()))))
+        proj.update(centre=centre, chunks=chunks, dims=out.shape[1])
+        return proj
+
+
+class _Run:
+    """One call of nearest(): the chosen path, its tiles and its statistics."""
+
+    def __init__(self, m: Manifold, q: np.ndarray, q_codes: np.ndarray | None) -> None:
+        self.m, self.q, self.q_codes = m, q, q_codes
+        self.n = len(q)
+        self.exact_codes = q_codes is not None and not m._float32_values and q.dtype == np.uint8
+        # float32 inputs on the code lattice differ from code/255 by one rounding per element
+        self.eta = 0.0 if self.exact_codes or q_codes is None else 2 * _U32 * math.sqrt(m.dim) * 1.01
+        if q_codes is not None:
+            self.kind = "int8"
+        elif m.precision != "auto":
+            self.kind = m.precision
+        else:
+            self.kind = "bf16" if _fast_bf16(m.device) else "float32"
+        self.reranked = 0
+        self.brute = 0
+        self.survivors = 0
+        self.evaluated = 0
+        self.pruned_queries = 0
+        self.pruning = False
+        wb = m.working_bytes
+        item = {"int8": 3, "bf16": 10, "float32": 12, "float64": 16}[self.kind]
+        # the query tile holds its prepared form (about `item` bytes per element) and score tiles
+        self.tile = max(1, min(m.query_tile, (wb // 4) // (item * m.dim + 16 * m.chunk_rows)))
+        self.batch = max(self.tile, min(self.n, (wb // 4) // (item * m.dim)))
+
+    # ---- values --------------------------------------------------------------------------
+    def q64(self, idx) -> np.ndarray:
+        rows = self.q[idx]
+        return rows.astype(np.float64) / PIXEL_LEVELS if rows.dtype == np.uint8 else rows.astype(np.float64)
+
+    def prepare_queries(self, idx: np.ndarray, kind: str):
+        """Prepared queries (device) and per query: |x| (float kinds) or |q'|^2 (int8)."""
+        if kind == "int8":
+            t = _shift_int8(torch.from_numpy(np.array(self.q_codes[idx]))).to(self.m.device)
+            return t, _int_norms(t).to(torch.float64)
+        dtype = {"bf16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}[kind]
+        out = torch.zeros((len(idx), _padded(self.m.dim)), dtype=dtype, device=self.m.device)
+        norms = np.empty(len(idx))
+        c = self.m._mean()
+        for a in range(0, len(idx), self.tile):
+            x = self.q64(idx[a : a + self.tile]) - c
+            norms[a : a + len(x)] = np.sqrt(np.einsum("ij,ij->i", x, x))
+            out[a : a + len(x), : self.m.dim] = torch.from_numpy(x).to(dtype).to(self.m.device)
+        return out, torch.from_numpy(norms).to(self.m.device)
+
+    # ---- driver --------------------------------------------------------------------------
+    def search(self) -> tuple[np.ndarray, np.ndarray]:
+        m = self.m
+        idx = np.full(self.n, -1, dtype=np.int64)
+        dist = np.full(self.n, np.nan)
+        if m.backend == "faiss" and self.q_codes is None:
+            return self.faiss(idx, dist)
+        want = m.prune
+        if want is None:
+            # on CPUs with fast int8/bf16 the full pass is cheap next to the bound's own pass
+            # (its epilogue over every pair) until D is large; the trial below switches it off
+            # again where the bound rules out too little
+            want = m.dim >= 32_768 and m.size >= 1024
+        proj = m._projection() if want else None
+        if proj is not None and proj["kind"] == "int8" and self.q_codes is None:
+            proj = None  # integer directions need queries on the code lattice
+        self.pruning = proj is not None
+        for b0 in range(0, self.n, self.batch):
+            sel = np.arange(b0, min(self.n, b0 + self.batch))
+            if self.pruning:
+                self.pruned_search(sel, proj, idx, dist)
             else:
-                j = j + a
-            best_s, best_i = v, j
-        # the few best by the expanded form, then the direct sum of squares decides
-        n, k = best_i.shape
-        qi = np.repeat(np.arange(n), k)
-        idx, dist = _pick((qi, best_i.numpy().reshape(-1), np.zeros(n * k)), q64, self)
+                self.full_search(sel, idx, dist)
         return idx, dist
 
+    def stats(self) -> SearchStats:
+        total = max(1, self.pruned_queries * self.m.size)
+        return SearchStats(
+            self.n, "faiss" if self.m.backend == "faiss" else self.kind, self.n - self.brute, self.reranked, self.brute,
+            pruned=self.pruned_queries > 0,
+            verified_share=self.survivors / total if self.pruned_queries else 1.0,
+            evaluated_share=self.evaluated / total if self.pruned_queries else 1.0,
+            prune_dims=self.m._proj.get("dims", 0) if self.m._proj else 0,
+            chunk_rows=self.m.chunk_rows, query_rows=self.tile,
+        )
 
-def _pick(pairs, q64: np.ndarray, m: Manifold, by_approx: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Per query, the candidate with the lowest distance, ties to the lowest index (-1: none).
-
-    by_approx: the approximate scores are exact (integer codes), so they decide and float64
-    only reports the distance; otherwise float64 distances decide.
-    """
-    qi, ri, sv = pairs
-    n = len(q64)
-    idx = np.full(n, -1, dtype=np.int64)
-    dist = np.full(n, np.nan)
-    if len(qi) == 0:
+    def faiss(self, idx, dist):
+        qi, ri, undecided = self.m._faiss_pass(self.q)
+        i, d = self.rerank(qi, ri, np.arange(self.n))
+        idx[:], dist[:] = i, d
+        todo = np.flatnonzero(undecided)
+        self.brute = len(todo)
+        if len(todo):
+            self.kind = "float64"
+            for a in range(0, len(todo), self.batch):
+                self.full_search(todo[a : a + self.batch], idx, dist)
+            self.kind = "float32"
         return idx, dist
-    uniq, inv = np.unique(ri, return_inverse=True)
-    ref64 = m._values64(np.asarray(m._store[uniq]))
-    diff = ref64[inv] - q64[qi]
-    d64 = np.einsum("nd,nd->n", diff, diff)
-    key = sv if by_approx else d64
-    order = np.lexsort((ri, key, qi))  # by query, then distance, then index
-    first = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
-    idx[qi[first]] = ri[first]
-    dist[qi[first]] = d64[first]
-    return idx, dist
+
+    # ---- full-dimensional passes -----------------------------------------------------------
+    def full_search(self, sel: np.ndarray, idx, dist, ids: np.ndarray | None = None, prepared=None) -> None:
+        """Exact answers for queries sel over every reference, or over the subset ids
+        (prepared: the queries' prepared form for self.kind, when the caller has it)."""
+        m = self.m
+        kind = self.kind
+        while True:
+            source = m._prepared_chunks(kind) if ids is None else m._gathered_chunks(ids, kind)
+            if prepared is not None and prepared[0] == kind:
+                qt, qinfo = prepared[1], prepared[2]
+            else:
+                qt, qinfo = self.prepare_queries(sel, kind)
+            try:
+                if kind == "int8" and self.exact_codes:
+                    best_s, best_i = self.min_pass(qt, source)
+                    idx[sel] = best_i
+                    dist[sel] = (best_s + qinfo.cpu().numpy()) / PIXEL_LEVELS**2
+                    return
+                qi, ri = self.band_pass(qt, qinfo, source, kind, limit=kind not in ("float64", "int8"))
+            except _TooMany:  # the band holds too many pairs: one step up in precision
+                kind = {"bf16": "float32", "float32": "float64"}[kind]
+                if m.precision == "auto":
+                    self.kind = kind  # later tiles start there
+                continue
+            i, d = self.rerank(qi, ri, sel)
+            idx[sel], dist[sel] = i, d
+            return
+
+    def min_pass(self, qt: torch.Tensor, source):
+        """Exact integer scores: per query the minimum and its first (lowest) reference index."""
+        n = qt.shape[0]
+        wide = self.m.dim > _INT32_SAFE_DIM
+        dev = self.m.device
+        best = torch.full((n,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+        best_i = torch.full((n,), -1, dtype=torch.int64, device=dev)
+        for ids, rt, rn, _ in source:
+            for q0 in range(0, n, self.tile):
+                s = torch.sub(rn, _int_dots(qt[q0 : q0 + self.tile], rt.T, wide), alpha=2)
+                v, j = torch.min(s, dim=1)  # the first minimum of the row
+                v = v.to(torch.int64)
+                b, bi = best[q0 : q0 + len(v)], best_i[q0 : q0 + len(v)]
+                better = v < b  # a tie with an earlier chunk keeps the earlier, lower index
+                b.copy_(torch.where(better, v, b))
+                bi.copy_(torch.where(better, ids[j], bi))
+        return best.cpu().numpy().astype(np.float64), best_i.cpu().numpy()
+
+    def band_pass(self, qt: torch.Tensor, qinfo: torch.Tensor, source, kind: str, limit: bool):
+        """Pairs (query, reference) whose score can still be the minimum.
+
+        ub = min over seen references of (approx + E) bounds the exact minimum from above; a
+        reference is kept when approx - E <= ub. Row minima keep the epilogue cheap: indices
+        are extracted only from the rows whose tile minimum can still matter.
+        """
+        m, n, dev = self.m, qt.shape[0], self.m.device
+        wide = m.dim > _INT32_SAFE_DIM
+        ub = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
+        found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        count = 0
+        # more candidates than this: the next precision is cheaper than their float64 re-rank
+        cap = n * max(16, m.size // 500) + 1024 if limit else None
+        if kind == "int8":
+            reach = PIXEL_LEVELS * 2 * self.eta
+            qn = qinfo
+
+            def slack(rows_x, ymax):
+                return torch.zeros_like(rows_x)
+        else:
+            ca, cb, ct = m._float_bound(kind)
+
+            def slack(rows_x, ymax):
+                return ca * rows_x * ymax + cb * ymax * ymax + ct * (rows_x + ymax)
+
+        def width(ub_rows, q0, e):
+            if kind != "int8":
+                return e
+            d = (ub_rows + qn[q0 : q0 + len(ub_rows)]).clamp_min(0)
+            return (2 * reach * d.sqrt() + reach**2) * (1 + 1e-9) + 1e-9
+
+        for ids, rt, rn, ymax in source:
+            for q0 in range(0, n, self.tile):
+                qs = qt[q0 : q0 + self.tile]
+                s = _score(kind, qs, rt, rn, wide)
+                e = slack(qinfo[q0 : q0 + len(s)], ymax) if kind != "int8" else torch.zeros(len(s), dtype=torch.float64, device=dev)
+                u = ub[q0 : q0 + len(s)]
+                tile_min = s.amin(dim=1).to(torch.float64)
+                u.copy_(torch.minimum(u, tile_min + e))
+                thr = u + width(u, q0, e)
+                rows = torch.nonzero(tile_min <= thr).squeeze(1)
+                if len(rows):
+                    sub = s if len(rows) == len(s) else s[rows]
+                    r_i, c_i = torch.nonzero(sub <= _threshold_like(thr[rows], s.dtype)[:, None], as_tuple=True)
+                    q_i = rows[r_i]
+                    found.append((q_i + q0, ids[c_i], s[q_i, c_i].to(torch.float64), e[q_i]))
+                    count += len(q_i)
+                    if cap is not None and count > cap:
+                        raise _TooMany
+        qi, ri, sv, ev = (torch.cat(f) for f in zip(*found, strict=True))
+        keep = sv - ev <= ub[qi] + (width(ub, 0, ub)[qi] if kind == "int8" else 0)
+        return qi[keep].cpu().numpy(), ri[keep].cpu().numpy()
+
+    # ---- float64 re-rank ---------------------------------------------------------------------
+    def rerank(self, qi: np.ndarray, ri: np.ndarray, sel: np.ndarray):
+        """Per local query, the candidate with the lowest float64 distance, ties to the lowest
+        index; pairs are evaluated in blocks that fit the working set."""
+        n = len(sel)
+        idx = np.full(n, -1, dtype=np.int64)
+        dist = np.full(n, np.inf)
+        self.reranked += len(qi)
+        if len(qi) == 0:
+            return idx, dist
+        order = np.lexsort((ri, qi))
+        qi, ri = qi[order], ri[order]
+        step = max(1, self.m.working_bytes // (4 * 8 * 3 * self.m.dim))
+        d64 = np.empty(len(qi))
+        for a in range(0, len(qi), step):
+            q_part, r_part = qi[a : a + step], ri[a : a + step]
+            uniq, inv = np.unique(r_part, return_inverse=True)
+            ref64 = self.m._values64(self.m._gather(uniq))
+            diff = ref64[inv]
+            diff -= self.q64(sel[q_part])
+            d64[a : a + step] = np.einsum("nd,nd->n", diff, diff)
+        order = np.lexsort((ri, d64, qi))  # by query, then distance, then index
+        first = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
+        idx[qi[first]] = ri[first]
+        dist[qi[first]] = d64[first]
+        return idx, dist
+
+    # ---- lower-bound pruning ---------------------------------------------------------------
+    def project_queries(self, sel: np.ndarray, proj: dict, prepared):
+        """Centred float32 projections of queries (device) and their margins (float64, device)."""
+        m = self.m
+        if proj["kind"] == "int8":
+            t = prepared[1]
+            p = _int_dots(t, proj["ct"], m.dim > _INT32_SAFE_DIM).cpu().numpy().astype(np.float64) * proj["scale"]
+            p -= proj["centre"]
+            xm = np.zeros(len(sel))
+        else:
+            xt, xn = self.prepare_queries(sel, "float32")
+            p = _blocked_mm(xt, proj["pt"]).double().cpu().numpy() - proj["centre"]
+            xm = proj["eps"] * xn.cpu().numpy()
+        pn = np.sqrt(np.einsum("ij,ij->i", p, p))
+        p32 = torch.from_numpy(p.astype(np.float32))
+        margin = xm + 1.01 * _U32 * pn + _TINY
+        pn32 = (p32.double() ** 2).sum(1)
+        return p32.to(m.device), torch.from_numpy(margin).to(m.device), pn32.to(m.device)
+
+    def pruned_search(self, sel: np.ndarray, proj: dict, idx, dist) -> None:
+        m = self.m
+        dev = m.device
+        nproj = proj["dims"]
+        # a tile holds its projected scores against every reference
+        tile = max(1, min(1024, (m.working_bytes // 4) // (8 * m.size)))
+        g = _gamma(nproj + 1)
+        for t0 in range(0, len(sel), tile):
+            part = sel[t0 : t0 + tile]
+            prepared = (self.kind, *self.prepare_queries(part, self.kind)) if proj["kind"] == "int8" else None
+            pq, aq, pq2 = self.project_queries(part, proj, prepared)
+            scores = torch.empty((len(part), m.size), dtype=torch.float32, device=dev)
+            for a, prt, nr, _, _ in proj["chunks"]:
+                scores[:, a : a + prt.shape[1]] = torch.addmm(nr.unsqueeze(0), pq, prt, beta=1.0, alpha=-2.0)
+            # seeds: the best two by the bound, their exact distances bound each query's answer
+            k = min(2, m.size)
+            seed = torch.topk(scores, k, dim=1, largest=False).indices.cpu().numpy()
+            qi = np.repeat(np.arange(len(part)), k)
+            _, tq = self.rerank(qi, seed.reshape(-1), part)
+            # keep r when the lower bound (||p~q - p~r|| - a_q - a_r) / sigma <= sqrt(T): in
+            # projected squared-norm terms, approx <= (sigma R + a_q + a_r)^2 + E - |p~q|^2
+            radius = proj["unit"] * (np.sqrt(tq * (1 + 1e-9)) + self.eta) * (1 + 1e-9)
+            r_t = torch.from_numpy(radius).to(dev)
+            pqn = pq2.sqrt()
+            keep = torch.zeros((len(part), m.size), dtype=torch.bool, device=dev)
+            for a, prt, _, ar, pmax in proj["chunks"]:
+                e = 1.05 * ((2 * g + 2 * _U32) * pqn * pmax + (g + 3 * _U32) * pmax * pmax) + _TINY
+                thr = (proj["sigma"] * r_t + aq + ar) ** 2 * (1 + 1e-9) + e - pq2
+                blk = scores[:, a : a + prt.shape[1]]
+                keep[:, a : a + prt.shape[1]] = blk <= _threshold_like(thr, torch.float32)[:, None]
+            del scores
+            self.survivors += int(keep.sum())
+            self.pruned_queries += len(part)
+            # verify in sub-tiles of similar queries, so their survivors overlap
+            order = torch.argsort(pq[:, 0]).cpu().numpy()
+            sub = 64  # fewer, larger verification calls: per-call overhead dominates small ones
+            groups = []
+            for s0 in range(0, len(part), sub):
+                rows = order[s0 : s0 + sub]
+                ids = torch.nonzero(keep[torch.from_numpy(rows).to(dev)].any(0)).squeeze(1).cpu().numpy()
+                groups.append((rows, ids))
+            evaluated = sum(len(r) * len(i) for r, i in groups)
+            self.evaluated += evaluated
+            if evaluated > 0.3 * len(part) * m.size:  # the bound rules out too little here
+                self.full_search(part, idx, dist)
+            else:
+                for rows, ids in groups:
+                    pre = None
+                    if prepared is not None:
+                        rt = torch.from_numpy(rows).to(dev)
+                        pre = (prepared[0], prepared[1][rt], prepared[2][rt])
+                    self.full_search(part[rows], idx, dist, ids=ids if len(ids) else None, prepared=pre)
+            if m.prune is None and self.evaluated > 0.3 * self.pruned_queries * m.size:
+                # the bound rules out too little to pay for itself: plain passes for the rest
+                self.pruning = False
+                rest = sel[t0 + len(part) :]
+                for a in range(0, len(rest), self.batch):
+                    self.full_search(rest[a : a + self.batch], idx, dist)
+                return
+
+
+def _orthonormal(b: np.ndarray) -> np.ndarray:
+    """Columns of b orthonormalised in float64 through their Gram matrix (twice, for accuracy)."""
+    t = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))
+    for _ in range(2):
+        w, v = torch.linalg.eigh(t.T @ t)
+        t = torch.nan_to_num(t @ (v / w.clamp_min(1e-300).sqrt()) @ v.T)
+    return t.numpy()
+
+
+def _score(kind: str, q: torch.Tensor, rt: torch.Tensor, rn: torch.Tensor, wide: bool) -> torch.Tensor:
+    """Scores |r|^2 - 2 q.r of a query tile against a prepared chunk (m x n)."""
+    if kind == "int8":
+        return torch.sub(rn.to(torch.int64) if wide else rn, _int_dots(q, rt.T, wide), alpha=2)
+    if kind in ("float32", "float64") and q.shape[1] <= 2 * _KBLOCK:
+        return torch.addmm(rn.unsqueeze(0), q, rt.T, beta=1.0, alpha=-2.0)
+    return torch.sub(rn.unsqueeze(0), _blocked_mm(q, rt, rows=True), alpha=2)
+
+
+def _padded(d: int) -> int:
+    """Columns of the blocked float form: D, or D rounded up to whole blocks when long."""
+    return d if d <= 2 * _KBLOCK else -(-d // _KBLOCK) * _KBLOCK
+
+
+def _pad_blocks(t: torch.Tensor) -> torch.Tensor:
+    extra = _padded(t.shape[1]) - t.shape[1]
+    return torch.nn.functional.pad(t, (0, extra)) if extra else t.contiguous()
+
+
+def _blocked_mm(q: torch.Tensor, r: torch.Tensor, rows: bool = False) -> torch.Tensor:
+    """q @ r (r given as rows when rows=True: q @ r.T), accumulated in float32 (float64 for
+    float64) over column blocks of _KBLOCK when D > 2 _KBLOCK: each block's partial sums come
+    from one batched matmul, then are summed over the blocks."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    d = q.shape[1]
+    if d <= 2 * _KBLOCK:
+        return (q @ (r.T if rows else r)).to(acc)
+    nb, m = d // _KBLOCK, q.shape[0]
+    qb = q.view(m, nb, _KBLOCK).transpose(0, 1)  # (nb, m, K)
+    n = r.shape[0] if rows else r.shape[1]
+    step = max(1, (32 * 2**20) // (4 * nb * max(1, m)))  # bounds the (nb, m, step) partials
+    out = torch.empty((m, n), dtype=acc, device=q.device)
+    for a in range(0, n, step):
+        if rows:
+            rb = r[a : a + step].view(-1, nb, _KBLOCK).permute(1, 2, 0)  # (nb, K, n')
+        else:
+            rb = r[:, a : a + step].reshape(nb, _KBLOCK, -1)
+        out[:, a : a + step] = torch.bmm(qb, rb).to(acc).sum(0)
+    return out
 
 
 def _threshold_like(thr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -353,11 +829,23 @@ def _threshold_like(thr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _shift_int8(codes: torch.Tensor) -> torch.Tensor:
-    """uint8 codes -> int8 (code - 128), padded to a multiple of 8 columns (zeros change nothing)."""
-    t = (codes.to(torch.int16) - 128).to(torch.int8)
+    """uint8 codes -> int8 (code - 128, the code with its top bit flipped), padded to a multiple
+    of 8 columns (zeros change nothing)."""
+    t = torch.bitwise_xor(codes, 128).view(torch.int8)
     if t.shape[1] % 8:  # CUDA's int8 matmul wants multiples of 8
         t = torch.nn.functional.pad(t, (0, 8 - t.shape[1] % 8))
     return t
+
+
+def _int_norms(t: torch.Tensor) -> torch.Tensor:
+    """Exact |t|^2 of int8 rows as int64: squares <= 2^14 summed in float32 over 1,024 columns
+    at a time (every partial sum an integer <= 2^24, so exact), the blocks in float64."""
+    n, d = t.shape
+    out = torch.zeros(n, dtype=torch.float64, device=t.device)
+    for a in range(0, d, 1024):
+        f = t[:, a : a + 1024].to(torch.float32)
+        out += (f * f).sum(1).to(torch.float64)
+    return out.to(torch.int64)
 
 
 def _int_dots(q: torch.Tensor, rt: torch.Tensor, wide: bool) -> torch.Tensor:
@@ -365,16 +853,19 @@ def _int_dots(q: torch.Tensor, rt: torch.Tensor, wide: bool) -> torch.Tensor:
     if not wide:
         return _int_mm(q, rt)
     out = None
+    cpu = q.device.type == "cpu"
     for a in range(0, q.shape[1], 32_768):
-        part = _int_mm(q[:, a : a + 32_768].contiguous(), rt[a : a + 32_768].contiguous()).to(torch.int64)
-        out = part if out is None else out + part
+        qa, ra = q[:, a : a + 32_768], rt[a : a + 32_768]
+        part = _int_mm(qa if cpu else qa.contiguous(), ra).to(torch.int64)  # CPU takes strided views
+        out = part if out is None else out.add_(part)
     return out
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch._int_mm, padded where CUDA's kernel needs it (m > 16, n a multiple of 8); zeros add nothing."""
     if a.device.type != "cuda":
-        return torch._int_mm(a, b)
+        return torch._int_mm(a, b)  # the CPU kernel takes b transposed as a view
+    b = b.contiguous()
     m, n = a.shape[0], b.shape[1]
     pm, pn = max(0, 32 - m), (-n) % 8
     if pm or pn:

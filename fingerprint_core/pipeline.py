@@ -6,19 +6,24 @@ model folder computes only that model. An entry counts as reused only when its f
 intact entry on disk that the manifest does not name (a run interrupted before its commit) is
 adopted by its name. The manifest is committed after each model; the run's last commit removes
 the entries it no longer names.
+
+Memory follows the working-set setting (fingerprint_core.memory), not the number or the size of
+the images: the reference set is embedded, searched and every entry written in chunks of rows,
+straight into the entry's files, and reference stores are read back memory-mapped. What is held
+whole is the uint8 images of the set being read (the real set once, then one model at a time).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
-from fingerprint_core import artifacts, datasets, spaces
+from fingerprint_core import artifacts, datasets, memory, spaces
 from fingerprint_core.manifold import Manifold
 from fingerprint_core.workspace import REAL, Workspace, key_of
 
@@ -67,9 +72,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
 
-def split_real(images: np.ndarray, sources: list[str], *, holdout: float, seed: int, content_key: str) -> RealSet:
-    """Seeded split of the real images into reference and held-out (DESIGN.md section 4)."""
-    n = len(images)
+def _split_indices(n: int, sources: list[str], *, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(reference rows, held-out rows, sources table) of the seeded split of n real images."""
     if not 0 < holdout < 1:
         raise ValueError(f"holdout={holdout} must be between 0 and 1")
     n_hold = max(1, int(round(n * holdout))) if n > 1 else 0
@@ -79,6 +83,12 @@ def split_real(images: np.ndarray, sources: list[str], *, holdout: float, seed: 
         raise datasets.DatasetError("the real set needs at least two images (one reference, one held out)")
     table = pd.DataFrame({"file": sources, "split": "reference"})
     table.loc[held, "split"] = "heldout"
+    return ref, held, table
+
+
+def split_real(images: np.ndarray, sources: list[str], *, holdout: float, seed: int, content_key: str) -> RealSet:
+    """Seeded split of the real images into reference and held-out (DESIGN.md section 4)."""
+    ref, held, table = _split_indices(len(images), sources, holdout=holdout, seed=seed)
     return RealSet(images[ref], images[held], table, key_of(content_key, holdout, seed), "folder")
 
 
@@ -100,21 +110,32 @@ def fingerprint(
     seed: int = 0,
     real: RealSet | None = None,
     progress: Progress | None = None,
+    space_options: dict[str, dict] | None = None,
+    engine: Engine | None = None,
 ) -> Report:
-    """Compute every model's fingerprints in the given spaces into a workspace (incremental)."""
+    """Compute every model's fingerprints in the given spaces into a workspace (incremental).
+
+    engine: where the embedding and the nearest-neighbour search run (local by default; Ray across
+    reference shards; or an approximate index). The numbers of the exact engines are identical.
+    """
     progress = progress or Progress()
+    engine = engine or Engine()
     ds = datasets.open_dataset(data_root, require_real=real is None)
     if REAL in ds.model_names():
         raise datasets.DatasetError(f"models/{REAL}: the name {REAL!r} is reserved for the held-out real images; "
                                     "rename the folder and its row")
     ws = Workspace.open_or_create(workspace)
     report = Report(ws.path, warnings=list(ds.warnings))
-    space_objs = [spaces.get(s, device=device, batch_size=batch_size) for s in space_names]
+    options = space_options or {}  # per space, e.g. {"sl": {"weights": path}}
+    space_objs = [spaces.get(s, device=device, batch_size=batch_size, **options.get(s, {})) for s in space_names]
+    space_objs = [engine.space(s, options.get(s.name, {})) for s in space_objs]
     with ws.writing():  # reloads the manifest under the lock: nothing another writer committed is lost
         if real is None:
             real = _read_real(ws, ds, holdout=holdout, seed=seed, progress=progress, report=report)
         shape = tuple(int(v) for v in real.reference.shape[1:])
-        _store_real(ws, real, report)
+        real = _store_real(ws, real, report)  # from here on read back memory-mapped
+        for s in space_objs:  # an embedding batch never exceeds its share of the working set
+            s.batch_size = max(1, min(s.batch_size, artifacts.embed_rows(s, shape)))
         ws.manifest["config"] = {
             "data_root": str(Path(data_root).resolve()),
             "spaces": [s.name for s in space_objs],
@@ -124,21 +145,94 @@ def fingerprint(
             "image_shape": list(shape),
             "algorithm": ALGORITHM,
             "real_origin": real.origin,
+            "engine": engine.name,
         }
         _store_design(ws, ds.design)
         _store_quality(ws, ds.root / "quality.csv")
-        manifolds = {s.name: _manifold(ws, s, real, device, progress) for s in space_objs}
-        ws.commit()
-
-        models = ds.model_names()
-        wanted = set(models) | {REAL}
-        for gone in [m for m in ws.manifest["models"] if m not in wanted]:
-            del ws.manifest["models"][gone]  # a folder removed from the dataset
-        for name in [REAL, *models]:
-            _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report)
+        manifolds: dict = {}
+        try:
+            for s in space_objs:
+                manifolds[s.name] = _manifold(ws, s, real, device, progress, engine)
+            search = {n: m.config() for n, m in manifolds.items() if hasattr(m, "config")}
+            if search:  # approximate results are marked, per space, so no number is mistaken for exact
+                ws.manifest["config"]["search"] = search
             ws.commit()
-        ws.commit(collect=COLLECTS)
+
+            models = ds.model_names()
+            wanted = set(models) | {REAL}
+            for gone in [m for m in ws.manifest["models"] if m not in wanted]:
+                del ws.manifest["models"][gone]  # a folder removed from the dataset
+            for name in [REAL, *models]:
+                _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report, engine)
+                ws.commit()
+            ws.commit(collect=COLLECTS)
+        finally:
+            for m in manifolds.values():
+                getattr(m, "close", lambda: None)()
+            engine.close()
     return report
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where a fingerprint run embeds and searches.
+
+    name: "local" (this process), "ray" (reference shards in Ray actors, embedding by Ray Data;
+    `address` joins a cluster, else a local instance starts), or "approximate" (a faiss index
+    re-ranked exactly; its recall@1 against the exact search is measured and recorded).
+    """
+
+    name: str = "local"
+    address: str | None = None
+    shards: int | None = None
+    index: str = "ivf"
+
+    def __post_init__(self) -> None:
+        if self.name not in ("local", "ray", "approximate"):
+            raise ValueError(f"engine={self.name!r}: expected 'local', 'ray' or 'approximate'")
+        if self.shards is not None and self.shards < 1:
+            raise ValueError(f"shards={self.shards} must be at least 1")
+        if self.name == "ray":
+            from fingerprint_core import ray_engine
+
+            ray = ray_engine.require_ray()
+            fresh = not ray.is_initialized()
+            ray_engine.connect(self.address)
+            object.__setattr__(self, "_started", fresh and self.address is None)  # ours to stop at the end
+
+    def space(self, space: spaces.Space, options: dict) -> spaces.Space:
+        if self.name != "ray":
+            return space
+        from fingerprint_core import ray_engine
+
+        return ray_engine.ray_space(space, options)
+
+    def search(self, reference, device: str, queries_for_recall=None):
+        """The nearest-neighbour search over a reference store."""
+        if self.name == "ray":
+            from fingerprint_core.ray_engine import ShardedManifold
+
+            return ShardedManifold(reference, shards=self.shards or 2, device=device)
+        exact = Manifold(reference, device=device)
+        if self.name == "local":
+            return exact
+        from fingerprint_core.approx import ApproxManifold
+
+        approx = ApproxManifold(reference, index=self.index)
+        if queries_for_recall is not None and len(queries_for_recall):
+            approx.measure_recall(queries_for_recall, exact)
+        return approx
+
+    def key(self) -> tuple:
+        """What of the engine goes into entry keys: only an approximate search changes the numbers."""
+        return ("approximate", self.index) if self.name == "approximate" else ()
+
+    def close(self) -> None:
+        """Stop the local Ray instance this engine started (a cluster it joined, or one already up, stays)."""
+        if getattr(self, "_started", False):
+            from fingerprint_core import ray_engine
+
+            ray_engine.shutdown()
 
 
 def _read_real(ws: Workspace, ds: datasets.GMDataset, *, holdout: float, seed: int, progress: Progress,
@@ -159,27 +253,39 @@ def _read_real(ws: Workspace, ds: datasets.GMDataset, *, holdout: float, seed: i
     report.warnings += imgs.warnings
     if len(imgs.images) < 2:
         raise datasets.DatasetError(f"{real_dir} holds {len(imgs.images)} usable images; at least 2 are needed")
-    real = split_real(imgs.images, imgs.sources, holdout=holdout, seed=seed, content_key=content)
-    real.bad_files = [{"file": b.file, "reason": b.reason} for b in imgs.bad_files]
-    real.warnings = list(imgs.warnings)
-    return real
+    ref, held, table = _split_indices(len(imgs.images), imgs.sources, holdout=holdout, seed=seed)
+    bad = [{"file": b.file, "reason": b.reason} for b in imgs.bad_files]
+    # the split goes straight to disk, a chunk of rows at a time: no second copy of the images
+    rows = memory.rows_per_chunk(int(np.prod(imgs.images.shape[1:])), 0.25)
+    with ws.entry(rel, meta={"bad_files": bad, "warnings": list(imgs.warnings)}) as e:
+        for name, idx in (("reference.npy", ref), ("heldout.npy", held)):
+            out = e.array(name, (len(idx), *imgs.images.shape[1:]), np.uint8)
+            for a in range(0, len(idx), rows):
+                out.write(imgs.images[idx[a : a + rows]])
+            e.close(name)
+        e.table("sources.parquet", table)
+    return RealSet(ws._npy(rel, "reference.npy"), ws._npy(rel, "heldout.npy"), table, key, "folder", bad,
+                   list(imgs.warnings))
 
 
-def _store_real(ws: Workspace, real: RealSet, report: Report) -> None:
+def _store_real(ws: Workspace, real: RealSet, report: Report) -> RealSet:
+    """Record the real set in the manifest (writing it unless stored); returns it read back memory-mapped."""
     current = ws.manifest.get("real") or {}
-    if current.get("key") == real.key and ws.intact(current.get("dir")):
-        return
-    rel = ws.write_entry(
-        f"real-{real.key}",
-        {"reference.npy": real.reference, "heldout.npy": real.heldout},
-        {"sources.parquet": real.sources},
-        meta={"bad_files": real.bad_files, "warnings": real.warnings},
-    )
-    ws.manifest["real"] = {"key": real.key, "dir": rel, "n_reference": len(real.reference), "n_heldout": len(real.heldout)}
-    if current.get("key") != real.key:  # a new real set changes every nearest neighbour: drop the old ones
-        ws.manifest["spaces"] = {}
-        for e in ws.manifest.get("models", {}).values():
-            e["spaces"] = {}
+    if current.get("key") != real.key or not ws.intact(current.get("dir")):
+        rel = ws.write_entry(  # kept as it is when _read_real just wrote it
+            f"real-{real.key}",
+            {"reference.npy": real.reference, "heldout.npy": real.heldout},
+            {"sources.parquet": real.sources},
+            meta={"bad_files": real.bad_files, "warnings": real.warnings},
+        )
+        ws.manifest["real"] = {"key": real.key, "dir": rel, "n_reference": len(real.reference),
+                               "n_heldout": len(real.heldout)}
+        if current.get("key") != real.key:  # a new real set changes every nearest neighbour: drop the old ones
+            ws.manifest["spaces"] = {}
+            for e in ws.manifest.get("models", {}).values():
+                e["spaces"] = {}
+    rel = ws.manifest["real"]["dir"]
+    return dataclasses.replace(real, reference=ws._npy(rel, "reference.npy"), heldout=ws._npy(rel, "heldout.npy"))
 
 
 def _store_design(ws: Workspace, design: pd.DataFrame) -> None:
@@ -200,27 +306,38 @@ def _store_quality(ws: Workspace, path: Path) -> None:
     ws.manifest["quality"] = ws.write_table("quality", table)
 
 
-def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, progress: Progress) -> Manifold:
+def _manifold(ws: Workspace, space: spaces.Space, real: RealSet, device: str, progress: Progress,
+              engine: Engine) -> Manifold:
     """The manifold estimate in one space; non-pixel reference embeddings are cached on disk."""
     if space.info.pixel_exact:  # the stored reference images are the embedding, exactly
-        return Manifold(ws.reference_images(), device=device)
+        progress.log(f"preparing the {space.name} search ({len(real.reference)} references)")
+        return engine.search(ws.reference_images(), device, _recall_queries(real, space))
     key = key_of(real.key, space.identity())
     rel = f"spaces/{space.name}-{key}"
     if not ws.intact(rel):  # else named by the manifest, or finished by a run that stopped before its commit
-        bar = progress.task(f"embedding the reference set ({space.name})", len(real.reference))
-        parts = []
-        for a in range(0, len(real.reference), space.batch_size):
-            parts.append(space.embed(real.reference[a : a + space.batch_size]).cpu().numpy())
-            bar.update(len(parts[-1]))
+        n, shape = len(real.reference), tuple(int(v) for v in real.reference.shape[1:])
+        rows = artifacts.chunk_rows(space, shape)
+        bar = progress.task(f"embedding the reference set ({space.name})", n)
+        with ws.entry(rel) as e:  # embedded a chunk at a time, straight into the store
+            out = e.array("reference.npy", (n, space.dim(shape)), np.float32)
+            for a in range(0, n, rows):
+                emb = space.embed(real.reference[a : a + rows]).cpu().numpy()
+                out.write(emb.astype(np.float32, copy=False))
+                bar.update(len(emb))
         bar.close()
-        emb = np.concatenate(parts) if parts else np.zeros((0, space.dim(real.reference.shape[1:])), np.float32)
-        ws.write_entry(rel, {"reference.npy": emb})
     ws.manifest["spaces"][space.name] = {"key": key, "dir": rel, "identity": space.identity(),
                                          **({"weights": space.source()} if space.source() else {})}
-    return Manifold(ws.space_reference(space.name), device=device)
+    progress.log(f"preparing the {space.name} search ({len(real.reference)} references)")
+    return engine.search(ws.space_reference(space.name), device, _recall_queries(real, space))
 
 
-def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report) -> None:
+def _recall_queries(real: RealSet, space: spaces.Space, n: int = 200):
+    """Queries an approximate index's recall@1 is measured on: the first held-out real images."""
+    held = np.asarray(real.heldout[:n])
+    return held if space.info.pixel_exact else space.embed(held).cpu().numpy()
+
+
+def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progress, report, engine=None) -> None:
     entry = ws.manifest["models"].get(name)
     if name == REAL:
         content = key_of("heldout", real.key)
@@ -257,29 +374,33 @@ def _fingerprint_model(ws, ds, name, real, shape, space_objs, manifolds, progres
     report.warnings += entry["warnings"]
     images = ws.images(name)
     for space in space_objs:
-        key = key_of(images_key, real.key, space.identity(), ALGORITHM)
+        key = key_of(images_key, real.key, space.identity(), ALGORITHM, *(engine.key() if engine else ()))
         rel = f"models/{name}/{space.name}-{key}"
         if ws.intact(rel):  # verified; named by the manifest or left by an interrupted run
             entry["spaces"][space.name] = {"key": key, "dir": rel}
             report.reused.append(f"{name}/{space.name}")
             continue
         bar = progress.task(f"{name} · {space.name}", len(images))
-        parts = []
-        for a in range(0, len(images), space.batch_size):
-            batch = np.asarray(images[a : a + space.batch_size])
-            parts.append(artifacts.project(space, batch, manifolds[space.name]))
-            bar.update(len(batch))
-        bar.close()
-        if parts:
-            nearest = torch.cat([p.nearest for p in parts]).cpu().numpy()
-            distance = torch.cat([p.distance for p in parts]).cpu().numpy()
-            arts = torch.cat([p.artifacts for p in parts]).cpu().numpy().astype(np.float16)
-        else:
-            nearest, distance = np.zeros(0, np.int64), np.zeros(0, np.float32)
-            arts = np.zeros((0, space.dim(shape)), np.float16)
-        rel = ws.write_entry(
-            rel,
-            {"nearest.npy": nearest, "distance.npy": distance, "artifacts.npy": arts},
-        )
+        _write_artifacts(ws, rel, space, images, shape, manifolds[space.name], bar)
         entry["spaces"][space.name] = {"key": key, "dir": rel}
         report.computed.append(f"{name}/{space.name}")
+
+
+def _write_artifacts(ws: Workspace, rel: str, space: spaces.Space, images: np.ndarray, shape: tuple[int, ...],
+                     manifold: Manifold, bar: Progress) -> None:
+    """Search and artifacts of a model's images, a chunk at a time, each chunk written to the entry's
+    files before the next one is computed (float16 artifacts; never the whole float32 array)."""
+    n, rows = len(images), artifacts.chunk_rows(space, shape)
+    with ws.entry(rel) as e:
+        nearest = e.array("nearest.npy", (n,), np.int64)
+        distance = e.array("distance.npy", (n,), np.float32)
+        arts = e.array("artifacts.npy", (n, space.dim(shape)), np.float16)
+        for a in range(0, n, rows):
+            batch = np.asarray(images[a : a + rows])
+            p = artifacts.project(space, batch, manifold, batch_size=rows)
+            nearest.write(p.nearest.cpu().numpy().astype(np.int64, copy=False))
+            distance.write(p.distance.cpu().numpy().astype(np.float32, copy=False))
+            arts.write(p.artifacts.cpu().numpy().astype(np.float16))
+            del p
+            bar.update(len(batch))
+    bar.close()

@@ -44,7 +44,17 @@ import numpy as np
 import pandas as pd
 import platformdirs
 
-from fingerprint_core.fsio import TMP_PATTERN, atomic_write, fsync_dir, is_inside, sha256_file, tmp_name, write_durable
+from fingerprint_core.fsio import (
+    TMP_PATTERN,
+    DurableFile,
+    atomic_write,
+    fsync_dir,
+    is_inside,
+    npy_header,
+    sha256_file,
+    tmp_name,
+    write_durable,
+)
 
 SCHEMA_VERSION = 1
 MANIFEST = "workspace.json"
@@ -82,6 +92,103 @@ def versions() -> dict[str, str]:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+STREAM_CHUNK_BYTES = 16 * 2**20  # rows of an in-memory array copied per write (np.save's buffer size)
+
+
+class NpyStream:
+    """One .npy file of an entry being written, filled in order by chunks of rows: the bytes np.save
+    would write for the whole array (its header, then the rows in C order), hashed as they pass."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(dtype)
+        if not self.shape:
+            raise ValueError(f"{path.name}: a streamed array needs at least one dimension")
+        if self.dtype.hasobject:
+            raise ValueError(f"{path.name}: object arrays cannot be saved (nothing is pickled)")
+        self.name = path.name
+        self.rows = 0
+        self._file = DurableFile(path)
+        self._file.write(npy_header(self.shape, self.dtype))
+
+    def write(self, chunk) -> None:
+        """Append rows: an array of this stream's dtype shaped (k, *shape[1:])."""
+        a = np.asarray(chunk)
+        if a.dtype != self.dtype:
+            raise TypeError(f"{self.name}: rows of dtype {a.dtype}, the array is {self.dtype}")
+        if a.ndim != len(self.shape) or a.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.name}: rows of shape {a.shape}, the array is {self.shape}")
+        if self.rows + len(a) > self.shape[0]:
+            raise ValueError(f"{self.name}: {self.rows + len(a)} rows written, the array has {self.shape[0]}")
+        self._file.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+        self.rows += len(a)
+
+    def close(self) -> tuple[int, str]:
+        if self.rows != self.shape[0]:
+            raise ValueError(f"{self.name}: {self.rows} of {self.shape[0]} rows were written")
+        return self._file.close()
+
+    def abort(self) -> None:
+        self._file.abort()
+
+
+class EntryWriter:
+    """The files of one entry folder being written (see Workspace.entry); records their inventory."""
+
+    def __init__(self, folder: Path, meta: dict | None = None) -> None:
+        self.folder = folder
+        self.meta = dict(meta or {})
+        self.inventory: dict[str, dict | None] = {}  # in the order the files were begun
+        self._streams: dict[str, NpyStream] = {}
+
+    def _claim(self, name: str) -> Path:
+        if name in self.inventory or name == INVENTORY or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"{self.folder.name}: cannot write a file named {name!r} in an entry")
+        self.inventory[name] = None
+        return self.folder / name
+
+    def array(self, name: str, shape: tuple[int, ...], dtype) -> NpyStream:
+        """Begin a .npy file of the given shape and dtype; write its rows in order, then (optionally) close it."""
+        stream = NpyStream(self._claim(name), shape, dtype)
+        self._streams[name] = stream
+        return stream
+
+    def close(self, name: str) -> None:
+        size, digest = self._streams.pop(name).close()
+        self.inventory[name] = {"size": size, "sha256": digest}
+
+    def put_array(self, name: str, arr) -> None:
+        """A whole array as a .npy file (C order, like np.save of np.ascontiguousarray(arr)), in chunks."""
+        a = np.asarray(arr)
+        if a.ndim == 0:
+            a = a.reshape(1)
+        stream = self.array(name, a.shape, a.dtype)
+        step = max(1, STREAM_CHUNK_BYTES // max(1, a[:1].nbytes))
+        for i in range(0, len(a), step):
+            stream.write(a[i : i + step])
+        self.close(name)
+
+    def table(self, name: str, df: pd.DataFrame) -> None:
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        self.file(name, buf.getvalue())
+
+    def file(self, name: str, data) -> None:
+        """A file from bytes, or from a function that writes into it (see fsio.write_durable)."""
+        size, digest = write_durable(self._claim(name), data)
+        self.inventory[name] = {"size": size, "sha256": digest}
+
+    def finish(self) -> None:
+        """Close every stream still open (each must have all its rows)."""
+        for name in list(self._streams):
+            self.close(name)
+
+    def abort(self) -> None:
+        for stream in self._streams.values():
+            stream.abort()
+        self._streams.clear()
 
 
 class Workspace:
@@ -288,38 +395,53 @@ class Workspace:
         meta: dict | None = None,
     ) -> str:
         """Write arrays (.npy), tables (.parquet) and files as the entry folder rel, atomically, with its
-        inventory; returns rel. An intact entry of the same name (the same key) is kept as it is."""
+        inventory; returns rel. An intact entry of the same name (the same key) is kept as it is.
+        Arrays (memory-mapped ones too) are copied to disk in chunks of rows; entries too large to
+        hold are written with entry() instead."""
         final = self.file(rel)
         if final.is_dir():
             if self.damage(rel) is None:
                 return rel
             self._discard(final)  # a damaged entry of ours: written anew below
+        with self.entry(rel, meta=meta) as e:
+            for name, arr in arrays.items():
+                e.put_array(name, arr)
+            for name, df in (tables or {}).items():
+                e.table(name, df)
+            for name, data in (files or {}).items():
+                e.file(name, data)
+        return rel
+
+    @contextlib.contextmanager
+    def entry(self, rel: str, *, meta: dict | None = None) -> Iterator[EntryWriter]:
+        """Write the entry folder rel piece by piece: .npy arrays streamed in chunks of rows
+        (EntryWriter.array), tables and files. The folder is written under a temporary name, every file
+        fsynced, its inventory (sizes, SHA-256, meta) written last, then renamed into place; an
+        exception (or a kill) leaves only the temporary folder, which the clean-up removes. The caller
+        checks intact(rel) first; an intact entry of that name found at the end is kept as it is."""
+        final = self.file(rel)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = tmp_name(final)
         tmp.mkdir()
+        writer = EntryWriter(tmp, meta)
         try:
-            inventory: dict[str, dict] = {}
-
-            def put(name: str, data) -> None:
-                size, digest = write_durable(tmp / name, data)
-                inventory[name] = {"size": size, "sha256": digest}
-
-            for name, arr in arrays.items():
-                put(name, lambda w, a=arr: np.save(w, np.ascontiguousarray(a), allow_pickle=False))
-            for name, df in (tables or {}).items():
-                buf = io.BytesIO()
-                df.to_parquet(buf, index=False)
-                put(name, buf.getvalue())
-            for name, data in (files or {}).items():
-                put(name, data)
-            write_durable(tmp / INVENTORY, json.dumps({"files": inventory, "written": _now(), "meta": meta or {}}).encode())
+            yield writer
+            writer.finish()
+            write_durable(tmp / INVENTORY, json.dumps({"files": writer.inventory, "written": _now(),
+                                                       "meta": writer.meta}).encode())
             fsync_dir(tmp)
-            os.rename(tmp, final)
+            keep = final.is_dir() and self.damage(rel) is None
+            if keep:
+                shutil.rmtree(tmp)
+            else:
+                if final.is_dir():
+                    self._discard(final)  # a damaged entry of ours: replaced
+                os.rename(tmp, final)
         except BaseException:
+            writer.abort()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(final.parent)
-        return rel
 
     def write_table(self, name: str, df: pd.DataFrame) -> str:
         """Write a parquet table under a content-named file, atomically; returns its name."""

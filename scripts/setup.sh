@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything ManiFPT Studio needs on a Debian/Ubuntu machine with Python 3.10+:
 # system packages (Fashion-MNIST, Chromium for the browser tests), a virtual environment,
-# PyTorch, the Python requirements and the package itself. Safe to run again: it skips what is there.
+# PyTorch, the Python requirements and the package itself, and the optional extras named in
+# $MANIFPT_EXTRAS (e.g. MANIFPT_EXTRAS=ray). Safe to run again: it skips what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -27,4 +28,14 @@ pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
 "$VENV/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -r requirements.txt
 "${pip[@]}" --no-deps -e .
+# optional extras, comma-separated: MANIFPT_EXTRAS=ray installs the Ray engine (pinned, as in pyproject.toml)
+IFS=',' read -ra extras <<< "${MANIFPT_EXTRAS:-}"
+for extra in "${extras[@]}"; do
+  case "${extra// /}" in
+    "") ;;
+    ray) "$VENV/bin/python" -c "import ray, ray.data, sys; sys.exit(ray.__version__ != '2.60.0')" 2>/dev/null \
+           || "${pip[@]}" "ray[data]==2.60.0" ;;
+    *) echo "MANIFPT_EXTRAS: unknown extra '$extra' (known: ray)" >&2; exit 2 ;;
+  esac
+done
 echo "ready: $VENV"

@@ -25,12 +25,13 @@ def check(m: Manifold, queries, q_values, r_values):
 
 @pytest.mark.parametrize("dim", [1, 7, 64, 300])
 @pytest.mark.parametrize("chunk", [37, 4096])
-def test_float_embeddings_match_float64_brute_force(dim, chunk):
+@pytest.mark.parametrize("precision", ["auto", "float32", "bf16"])
+def test_float_embeddings_match_float64_brute_force(dim, chunk, precision):
     rng = np.random.default_rng(dim)
     ref = rng.standard_normal((900, dim)).astype(np.float32)
     q = rng.standard_normal((250, dim)).astype(np.float32)
-    stats = check(Manifold(ref, chunk_rows=chunk, query_tile=64), q, q, ref)
-    assert stats.path == "float32"
+    stats = check(Manifold(ref, chunk_rows=chunk, query_tile=64, precision=precision), q, q, ref)
+    assert stats.path in (("bf16", "float32") if precision == "auto" else (precision, "float32", "float64"))
 
 
 def test_data_with_a_large_offset_still_exact():
@@ -137,3 +138,187 @@ def test_cuda_paths_match_float64_brute_force(pixels):
     assert idx.device.type == "cuda"
     want_i, _ = brute_force64(q_val, r_val)
     np.testing.assert_array_equal(idx.cpu().numpy(), want_i)
+
+
+# ---- centring, tight bounds, pruning and bounded memory ----------------------------------------
+def exact_nearest(q: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 brute force for large D without an N x M x D array: the expanded form narrows each
+    query to the references within a wide margin of its best, direct sums of squares decide."""
+    q64, r64 = q.astype(np.float64), r.astype(np.float64)
+    mu = r64.mean(0)
+    qc, rc = q64 - mu, r64 - mu
+    approx = (qc**2).sum(1)[:, None] + (rc**2).sum(1)[None, :] - 2 * qc @ rc.T
+    idx, dist = np.empty(len(q), np.int64), np.empty(len(q))
+    for i in range(len(q)):
+        near = np.flatnonzero(approx[i] <= approx[i].min() * (1 + 1e-6) + 1e-6)
+        d = ((r64[near] - q64[i]) ** 2).sum(1)
+        j = np.argmin(d)  # the first minimum: the lowest index among exact ties
+        idx[i], dist[i] = near[j], d[j]
+    return idx, dist
+
+
+def check_large(m: Manifold, queries, q_values, r_values):
+    idx, dist = m.nearest(queries)
+    want_i, want_d = exact_nearest(q_values, r_values)
+    np.testing.assert_array_equal(idx.numpy(), want_i)
+    np.testing.assert_allclose(dist.numpy(), want_d, rtol=1e-6)
+    return m.last_stats
+
+
+def low_rank(rng, n, dim, rank=6, noise=0.05, offset=0.0):
+    basis = rng.standard_normal((rank, dim))
+    return (offset + rng.standard_normal((n, rank)) @ basis + noise * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("offset", [0.0, 1000.0])
+def test_float_search_with_and_without_pruning(prune, offset):
+    rng = np.random.default_rng(10)
+    ref = low_rank(rng, 1500, 96, offset=offset)
+    q = low_rank(rng, 200, 96, offset=offset)
+    q[:20] = ref[100:120]  # self-queries: distance 0
+    stats = check(Manifold(ref, prune=prune, prune_dims=16, chunk_rows=500), q, q, ref)
+    assert stats.pruned is prune
+    if prune:
+        assert stats.prune_dims == 16
+        assert 0 < stats.verified_share < 0.5  # the bound rules most references out
+        assert stats.evaluated_share >= stats.verified_share
+    else:
+        assert stats.verified_share == 1.0
+
+
+def test_freq_like_offset_keeps_the_band_narrow():
+    # log spectra: a big common offset, small differences. Centred, the float32 bound is tight,
+    # so the re-rank sees a handful of candidates per query, not the whole set.
+    rng = np.random.default_rng(11)
+    ref = (20 + 0.3 * rng.standard_normal((800, 512))).astype(np.float32)
+    q = (20 + 0.3 * rng.standard_normal((100, 512))).astype(np.float32)
+    stats = check(Manifold(ref, precision="float32", prune=False), q, q, ref)
+    assert stats.path == "float32" and stats.candidates <= 3 * len(q)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_pixel_codes_with_and_without_pruning(prune):
+    rng = np.random.default_rng(12)
+    base = rng.integers(0, 256, (40, 3 * 8 * 8))
+    ref = np.clip(base[rng.integers(0, 40, 1200)] + rng.integers(-20, 21, (1200, 192)), 0, 255).astype(np.uint8)
+    q = np.clip(base[rng.integers(0, 40, 150)] + rng.integers(-20, 21, (150, 192)), 0, 255).astype(np.uint8)
+    q[:10] = ref[500:510]
+    ref[700] = ref[600]  # a duplicate: ties go to the lowest index
+    q[10] = ref[600]
+    m = Manifold(ref, prune=prune, prune_dims=32, chunk_rows=300)
+    stats = check(m, q, q / 255.0, ref / 255.0)
+    assert stats.path == "int8" and stats.pruned is prune
+    idx, _ = m.nearest(q[10:11])
+    assert idx.item() == 600
+    # float32 values on the code lattice: the same search with the rounding margin
+    stats = check(m, q.astype(np.float32) / 255, q.astype(np.float32) / 255, ref.astype(np.float64) / 255)
+    assert stats.pruned is prune
+
+
+@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("precision", ["bf16", "float32", "float64"])
+def test_near_ties_one_ulp_apart_and_exact_ties(prune, precision):
+    rng = np.random.default_rng(13)
+    dim = 64
+    ref = (300 + rng.standard_normal((600, dim))).astype(np.float32)
+    q = (300 + rng.standard_normal((30, dim))).astype(np.float32)
+    step = np.float32(0.25)  # exact in float32 around 300
+    for i in range(30):
+        e = np.zeros(dim, np.float32)
+        e[i % dim] = step
+        lo, hi = 2 * i, 2 * i + 301
+        ref[lo], ref[hi] = q[i] + e, q[i] - e  # exactly equidistant: the lower index wins
+        if i % 2:  # one ulp nearer on the other side: now the higher index wins
+            k = (i + 7) % dim
+            ref[hi, k] = np.nextafter(q[i, k], np.float32(np.inf)) if ref[hi, k] > q[i, k] else q[i, k]
+            ref[hi, k] = q[i, k]
+            ref[lo, k] = np.nextafter(q[i, k], np.float32(np.inf))
+    want_i, _ = brute_force64(q, ref)
+    for i in range(30):
+        assert want_i[i] == (2 * i + 301 if i % 2 else 2 * i)
+    check(Manifold(ref, prune=prune, prune_dims=16, precision=precision, chunk_rows=128), q, q, ref)
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_duplicates_with_pruning_go_to_the_lowest_index(prune):
+    rng = np.random.default_rng(14)
+    base = low_rank(rng, 200, 40)
+    ref = np.concatenate([base, base, base])
+    q = np.concatenate([base[:30], low_rank(rng, 30, 40)])
+    idx, dist = Manifold(ref, prune=prune, prune_dims=8).nearest(q)
+    assert (idx.numpy() < 200).all()
+    np.testing.assert_array_equal(idx.numpy()[:30], np.arange(30))
+    check(Manifold(ref, prune=prune, prune_dims=8), q, q, ref)
+
+
+def test_tiny_working_set_chunks_everything(monkeypatch):
+    monkeypatch.setenv("MANIFPT_WORKING_SET_MB", "64")
+    rng = np.random.default_rng(15)
+    dim = 20_000
+    ref = (5 + rng.standard_normal((120, dim))).astype(np.float32)
+    q = (5 + rng.standard_normal((25, dim))).astype(np.float32)
+    q[:5] = ref[[3, 50, 51, 100, 119]]
+    m = Manifold(ref, prune=True)
+    assert m.working_bytes == 64 * 2**20
+    stats = check_large(m, q, q, ref)
+    assert stats.chunk_rows * dim * 28 <= m.working_bytes // 2
+    assert stats.chunk_rows < 120  # the store streams in several chunks
+    np.testing.assert_array_equal(m.nearest(q[:5])[0].numpy(), [3, 50, 51, 100, 119])
+
+
+HUGE = 256 * 256 * 3
+
+
+@pytest.fixture(scope="module")
+def huge_freq(tmp_path_factory):
+    """300 FREQ-like references at D = 196,608 (a big offset, log-spectrum-like), memory-mapped."""
+    rng = np.random.default_rng(16)
+    ref = np.empty((300, HUGE), np.float32)
+    trend = np.log1p(np.arange(HUGE, dtype=np.float32) % 256)
+    for a in range(0, 300, 50):
+        ref[a : a + 50] = 8 + trend + rng.standard_normal((50, HUGE), dtype=np.float32)
+    path = tmp_path_factory.mktemp("huge") / "ref.npy"
+    np.save(path, ref)
+    q = 8 + trend + rng.standard_normal((50, HUGE), dtype=np.float32)
+    q[:3] = ref[[0, 150, 299]]
+    q[3] = 0.5 * (ref[10] + ref[11])  # equidistant up to rounding
+    return np.load(path, mmap_mode="r"), q, ref
+
+
+@pytest.mark.parametrize("prune", [False, True])
+def test_huge_dimension_memory_mapped_is_exact(huge_freq, prune):
+    mm, q, ref = huge_freq
+    m = Manifold(mm, prune=prune, prune_dims=8, cache_bytes=0)
+    assert isinstance(m._store, np.memmap)
+    check_large(m, q[:8], q[:8], ref)
+
+
+def test_huge_dimension_peak_memory_is_bounded(huge_freq):
+    """The search of 50 queries over 300 references at D = 196,608 holds a bounded working set.
+    (The old float32 band admitted every pair and re-ranked 15,000 x 196,608 float64 at once.)"""
+    import tracemalloc
+
+    mm, q, _ = huge_freq
+    wb = 64 * 2**20
+    m = Manifold(mm, working_bytes=wb, cache_bytes=0)
+    tracemalloc.start()
+    idx, _ = m.nearest(q)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    np.testing.assert_array_equal(idx.numpy()[:3], [0, 150, 299])
+    assert peak < 3 * wb, f"numpy peak {peak / 2**20:.0f} MiB with a {wb / 2**20:.0f} MiB working set"
+    assert m.last_stats.chunk_rows * HUGE * 28 <= wb // 2
+
+
+def test_huge_dimension_pixels_memory_mapped(tmp_path):
+    rng = np.random.default_rng(17)
+    ref = rng.integers(0, 256, (80, HUGE), dtype=np.uint8)
+    np.save(tmp_path / "px.npy", ref)
+    mm = np.load(tmp_path / "px.npy", mmap_mode="r")
+    q = rng.integers(0, 256, (6, HUGE), dtype=np.uint8)
+    q[:2] = ref[[7, 70]]
+    for prune in (False, True):
+        m = Manifold(mm, prune=prune, working_bytes=256 * 2**20)
+        stats = check_large(m, q, q / 255.0, ref / 255.0)
+        assert stats.path == "int8" and stats.pruned is prune

@@ -162,17 +162,17 @@ def test_a_crash_inside_a_write_leaves_the_previous_workspace_readable(gray, tmp
     run(gray, tmp_path / "ws")
     manifest_before = (tmp_path / "ws" / "workspace.json").read_bytes()
     add_model(gray, "gan_pixel", PIXEL, blob_images(10, 16, 1, np.random.default_rng(9)))
-    real_save = np.save
+    real_write = workspace.NpyStream.write
     calls = {"n": 0}
 
-    def dying_save(f, arr, **kw):
+    def dying_write(self, chunk):
         calls["n"] += 1
-        if calls["n"] == 3:  # half-way through an entry's files
-            f.write(b"\x93NUMPY half")
+        if calls["n"] == 3:  # half-way through an entry's files (images, then nearest, distance, ...)
+            self._file.write(b"half a chunk")
             raise OSError("disk full")
-        return real_save(f, arr, **kw)
+        return real_write(self, chunk)
 
-    monkeypatch.setattr(workspace.np, "save", dying_save)
+    monkeypatch.setattr(workspace.NpyStream, "write", dying_write)
     with pytest.raises(OSError, match="disk full"):
         run(gray, tmp_path / "ws")
     ws = assert_readable(tmp_path / "ws")
@@ -255,3 +255,109 @@ def test_a_second_writer_fails_fast_or_waits_for_the_first(tmp_path):
     with ws.writing(wait_s=5):  # waits for the other writer instead of failing
         assert time.monotonic() - start >= 0.4
     t.join()
+
+
+# ---- bounded memory: chunks sized from the working set, byte-identical results -----------------------------
+
+
+def entry_files(ws_path: Path) -> dict[str, bytes]:
+    """Every .npy and .parquet file of every entry the manifest names, by path."""
+    ws = Workspace.open(ws_path)
+    return {p.relative_to(ws.path).as_posix(): p.read_bytes() for rel in workspace.named_paths(ws.manifest)
+            if (ws.path / rel).is_dir() for p in sorted((ws.path / rel).iterdir()) if p.suffix in (".npy", ".parquet")}
+
+
+def inventories(ws_path: Path) -> dict[str, dict]:
+    ws = Workspace.open(ws_path)
+    return {rel: json.loads((ws.path / rel / workspace.INVENTORY).read_text())["files"]
+            for rel in workspace.named_paths(ws.manifest) if (ws.path / rel).is_dir()}
+
+
+def test_a_tiny_working_set_gives_byte_identical_entries(tmp_path, monkeypatch):
+    from fingerprint_core import artifacts
+
+    root = make_gm_dataset(tmp_path / "data", channels=3, size=64, n_real=200, n_per_model=100, bad_file=False)
+    run(root, tmp_path / "default")
+    monkeypatch.setenv("MANIFPT_WORKING_SET_MB", "1")  # below the floor: the 64 MiB minimum
+    chunks = []
+    real_project = artifacts.project
+    monkeypatch.setattr(artifacts, "project", lambda space, images, *a, **kw: chunks.append(len(images))
+                        or real_project(space, images, *a, **kw))
+    run(root, tmp_path / "tiny")
+    assert max(chunks) < 100 and len(chunks) > 6  # each model's 100 samples took several chunks per space
+    want, got = entry_files(tmp_path / "default"), entry_files(tmp_path / "tiny")
+    assert got.keys() == want.keys() and any("artifacts.npy" in k for k in got)
+    for k in want:
+        assert got[k] == want[k], k
+    assert inventories(tmp_path / "tiny") == inventories(tmp_path / "default")
+    assert_readable(tmp_path / "tiny")
+
+
+def test_the_artifact_writer_never_holds_more_than_its_chunk(tmp_path, monkeypatch):
+    from fingerprint_core import artifacts, memory
+
+    monkeypatch.setenv("MANIFPT_WORKING_SET_MB", "64")
+    n, side = 400, 128
+    root = make_gm_dataset(tmp_path / "data", channels=3, size=side, n_real=60, n_per_model=n, bad_file=False)
+    dim = 3 * side * side
+    budget = memory.working_set_bytes()
+    assert n * dim * 4 > budget  # the whole float32 artifact array of one model would not fit
+    projected, written = [], []
+    real_project, real_write = artifacts.project, workspace.NpyStream.write
+
+    def counting_project(space, images, manifold, **kw):
+        p = real_project(space, images, manifold, **kw)
+        projected.append(p.artifacts.numel() * p.artifacts.element_size())
+        return p
+
+    def counting_write(self, chunk):
+        written.append((self.name, self.dtype, np.asarray(chunk).nbytes, len(chunk)))
+        return real_write(self, chunk)
+
+    monkeypatch.setattr(artifacts, "project", counting_project)
+    monkeypatch.setattr(workspace.NpyStream, "write", counting_write)
+    run(root, tmp_path / "ws", space_names=("freq",))
+    limit = artifacts.CHUNK_SHARE * budget
+    assert len(projected) >= 2 * 3 and max(projected) <= limit  # float32 chunks of toy_gan, toy_vae, real
+    arts = [w for w in written if w[0] == "artifacts.npy"]
+    refs = [w for w in written if w[0] == "reference.npy" and w[1] == np.float32]
+    assert len(arts) >= 2 * 2 and max(b for *_, b, _ in arts) * 2 <= limit  # float16 on disk, float32 in flight
+    assert sum(rows for *_, rows in arts) == 2 * n + 6
+    assert len(refs) >= 2 and max(b for *_, b, _ in refs) <= limit  # the reference embedding went in chunks too
+    assert sum(rows for *_, rows in refs) == 54
+    ws = assert_readable(tmp_path / "ws")
+    assert ws.artifacts("toy_gan", "freq").shape == (n, dim)
+
+
+def test_streamed_npy_files_are_what_np_save_writes(tmp_path):
+    import io
+
+    cases = {"int.npy": np.arange(10, dtype=np.int64), "empty.npy": np.zeros((0, 7), np.float16),
+             "images.npy": np.random.default_rng(0).integers(0, 256, (9, 3, 4, 4)).astype(np.uint8),
+             "scalar.npy": np.array(3.5), "fortran.npy": np.asfortranarray(np.ones((4, 6), np.float32)),
+             "flags.npy": np.array([True, False])}
+    ws = Workspace.open_or_create(tmp_path / "ws")
+    rel = ws.write_entry("arrays-0", cases)
+    for name, arr in cases.items():
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+        assert (ws.path / rel / name).read_bytes() == buf.getvalue(), name
+    assert ws.intact(rel)
+    # rows streamed in chunks: the same bytes as one np.save
+    big = np.random.default_rng(1).normal(size=(50, 33)).astype(np.float32)
+    with ws.entry("arrays-1") as e:
+        out = e.array("big.npy", big.shape, big.dtype)
+        for a in range(0, 50, 7):
+            out.write(big[a : a + 7])
+    buf = io.BytesIO()
+    np.save(buf, big)
+    assert (ws.path / "arrays-1" / "big.npy").read_bytes() == buf.getvalue() and ws.intact("arrays-1")
+    # a stream left short, or an error inside, leaves nothing behind
+    with pytest.raises(ValueError, match="7 of 50 rows"):
+        with ws.entry("arrays-2") as e:
+            e.array("big.npy", big.shape, big.dtype).write(big[:7])
+    with pytest.raises(TypeError, match="dtype"):
+        with ws.entry("arrays-3") as e:
+            e.array("big.npy", big.shape, big.dtype).write(big[:7].astype(np.float64))
+    assert not (ws.path / "arrays-2").exists() and not (ws.path / "arrays-3").exists()
+    assert not [p for p in ws.path.iterdir() if ".tmp-" in p.name]
