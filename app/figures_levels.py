@@ -30,7 +30,7 @@ NMI_METHOD = {
 }
 LODO_METHOD = {
     "raw": "LDA (shrunk covariance) on the PCA-reduced artifacts",
-    "learned": "LDA (the raw level's rule) on the features of a design-blind attributor retrained without the held-out design",
+    "learned": "nearest class mean of a design-blind attributor retrained without the held-out design",
 }
 DISTANCES = {"learned_means": "learned class means", "energy": "energy distance of artifacts"}
 DISTANCE_HELP = {
@@ -192,7 +192,7 @@ def lodo_cells(levels: Mapping, level: str, space: str) -> dict[str, dict]:
     return dict((levels.get(level) or {}).get("lodo", {}).get(space) or {})
 
 
-LODO_SHORT = {"raw": "raw · LDA", "learned": "learned · LDA"}
+LODO_SHORT = {"raw": "raw · LDA", "learned": "learned · nearest class mean"}
 
 
 def lodo_designs(levels: Mapping, level: str) -> int:
@@ -202,7 +202,7 @@ def lodo_designs(levels: Mapping, level: str) -> int:
 
 
 def levels_lodo_figure(levels: Mapping, spaces: Sequence[str] | None = None) -> go.Figure:
-    """Leave-one-design-out accuracy per factor at the raw (LDA) and learned (LDA on learned features) levels, one
+    """Leave-one-design-out accuracy per factor at the raw (LDA) and learned (nearest class mean) levels, one
     row per space, each bar with its chance as a black tick across it."""
     spaces = [sp for sp in (level_spaces(levels) if spaces is None else spaces)
               if any(lodo_cells(levels, lv, sp) for lv in ("raw", "learned"))]

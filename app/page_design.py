@@ -71,8 +71,8 @@ def lodo_section(levels: dict, path: str) -> None:
     st.caption(
         "Every model of one design (all its seeds) is held out, and its factor predicted for each held-out sample. "
         f"**raw**: {fl.LODO_METHOD['raw']}, trained on the other designs. "
-        + (f"**learned**: {fl.LODO_METHOD['learned']}, fitted on the training models' test samples (the per-design "
-           "detail also gives the older rule, the design of the nearest training model's mean feature). " if learned else "")
+        + (f"**learned**: {fl.LODO_METHOD['learned']}: each held-out sample takes the design of the nearest training "
+           "model's mean feature. " if learned else "")
         + f"Bars: the mean share of right answers over held-out designs; black ticks: {CHANCE_RULE} "
         f"A held-out design whose factor shows one level among the training designs is not scored ({held})."
     )
@@ -90,10 +90,6 @@ def lodo_section(levels: dict, path: str) -> None:
         if folds.empty:
             st.caption("No fold: nothing to learn from when one design is held out.")
             return
-        if "nearest_model" in folds.columns:  # the second rule's answer, as two plain columns
-            other = folds.pop("nearest_model")
-            folds["nearest model: predicted"] = other.map(lambda v: v.get("predicted") if isinstance(v, dict) else None)
-            folds["nearest model: accuracy"] = other.map(lambda v: v.get("accuracy") if isinstance(v, dict) else None)
         for c in folds.columns:  # lists of models as one text cell
             if folds[c].map(lambda v: isinstance(v, list)).any():
                 folds[c] = folds[c].map(lambda v: ", ".join(map(str, v)) if isinstance(v, list) else v)

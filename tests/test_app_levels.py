@@ -239,7 +239,7 @@ def test_design_page_shows_each_level_its_null_bands_and_the_paper(monkeypatch, 
     assert sorted(ticks[int(v)] for v in decode(paper["x"])) == ["loss", "normalization", "upsampling"]
 
     lodo_bars = [t for t in lodo["data"] if t["type"] == "bar"]
-    assert [t["legendgroup"] for t in lodo_bars] == ["raw", "learned"]  # LDA on artifacts, and on learned features
+    assert [t["legendgroup"] for t in lodo_bars] == ["raw", "learned"]  # LDA, and nearest class mean
     chance = [t for t in lodo["data"] if t["name"] == "chance"]
     raw_chance = levels["raw"]["lodo"]["rgb"]
     assert np.allclose(sorted(decode(chance[0]["y"])), sorted(v["chance"] for v in raw_chance.values()))
@@ -249,11 +249,11 @@ def test_design_page_shows_each_level_its_null_bands_and_the_paper(monkeypatch, 
     assert "**upsampling**: shown at" in reading and "Holm p" in reading
     assert "Over all models, **loss** is **family** in disguise" in reading  # elbo only with vae, the rest gan
     assert "with family held fixed (**loss \\| family**)" in reading
-    assert "Leave one design out at the learned level, by LDA (the raw level's rule)" in reading
+    assert "Leave one design out at the learned level, by nearest class mean" in reading
     own = at.expander[0].markdown[0].value  # the analysis's own sentences, each as text
     assert own.count("\n- ") + 1 == len(analysis.metrics["reading"])
     text = caption_text(at)
-    assert "protocol.py" in text and "LDA" in text and "nearest training model's mean feature" in text
+    assert "protocol.py" in text and "LDA" in text and "nearest class mean" in text
     numbers = at.dataframe[-1].value
     assert {"raw", "learned", "model"} == set(numbers["level"])
     assert {"null mean", "null 95th pct", "Holm p", "chance", "method"} <= set(numbers.columns)

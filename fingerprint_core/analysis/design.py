@@ -107,18 +107,6 @@ class LeaveOneDesignOut:
         return float(np.mean([f.predicted == f.truth for f in self.folds])) if self.folds else float("nan")
 
 
-def predict_level(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
-    """The factor level of held-out samples, from a classifier of the training designs' samples.
-
-    One rule for every level of fingerprint (raw artifacts, learned features): a linear classifier
-    with a shared, shrunk covariance, one pass over the data per fold (an analysis has ~140 folds
-    per space), where iterative logistic regression took ~0.2 s each.
-    """
-    clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
-    clf.fit(train_x, train_y)
-    return clf.predict(test_x)
-
-
 def leave_one_design_out(
     features: np.ndarray,
     labels: np.ndarray,
@@ -143,7 +131,11 @@ def leave_one_design_out(
         if not h.learnable:
             continue  # nothing to learn from
         test = designs == held
-        pred = predict_level(features[~test], labels[~test], features[test])
+        # a linear classifier with a shared, shrunk covariance: one pass over the data per fold (an
+        # analysis has ~140 folds per space), where iterative logistic regression took ~0.2 s each
+        clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+        clf.fit(features[~test], labels[~test])
+        pred = clf.predict(features[test])
         values, votes = np.unique(pred, return_counts=True)
         out.folds.append(
             HeldOutDesign(

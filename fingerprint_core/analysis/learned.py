@@ -29,7 +29,6 @@ from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import Workspace, key_of
 
 VERSION = "learned-v1"
-LODO_VERSION = "lodo-v2"  # v2: the shared classifier rule beside the nearest model's
 KEY = "learned"  # the manifest's record: {space: {key, dir, artifacts, val_accuracy, test_accuracy, seconds}}
 FEATURES = "features.npy"  # float32 N x 128: penultimate features of the test samples
 ROWS = "rows.parquet"  # model, index of every feature row
@@ -237,19 +236,13 @@ FOLD = "fold.json"
 
 
 def fold_key(ws: Workspace, space: str, s: LearnedSettings, design: str, held: tuple[str, ...]) -> str:
-    return key_of(VERSION, LODO_VERSION, "lodo", space, design, entry_key(ws, space, s, exclude=held))
+    return key_of(VERSION, "lodo", space, design, entry_key(ws, space, s, exclude=held))
 
 
 def lodo_fold(ws: Workspace, space: str, s: LearnedSettings, design: str, held: tuple[str, ...], table: pd.DataFrame,
               *, device: str = "auto") -> dict:
-    """One fold: what the training designs say about the held-out design's factors.
-
-    Two rules on the same features (test samples only): the classifier every leave-one-design-out
-    uses (design.predict_level, fitted on the training models' samples), and the design of the
-    nearest training model's class mean.
-    """
+    """One fold: what the nearest training models' design says about the held-out design."""
     from fingerprint_core import protocol
-    from fingerprint_core.analysis.design import predict_level
 
     method, _ = train_design_blind(ws, space, s, device=device, exclude=held)
     train_models = [m for m in models_of(ws, held) if m != split_mod.REAL]
@@ -266,22 +259,12 @@ def lodo_fold(ws: Workspace, space: str, s: LearnedSettings, design: str, held: 
     for factor in protocol.factors(table):
         levels = protocol.design_levels(table, factor)
         h = protocol.held_out_level(levels, design)
-        near = t.loc[list(nearest), factor].to_numpy() if len(out_z) else np.array([])
-        train_y = t.loc[names[seen], factor].to_numpy()
-        fitted = h.learnable and len(out_z) and len(np.unique(train_y)) > 1
-        pred = predict_level(z[seen], train_y, out_z) if fitted else near
-        result["factors"][factor] = {"truth": h.truth, "rule": "classifier" if fitted else "nearest model",
-                                     **_votes(pred, h.truth), "chance": h.chance, "unseen": h.unseen,
-                                     "learnable": h.learnable,
-                                     "nearest_model": _votes(near, h.truth)}
+        pred = t.loc[list(nearest), factor].to_numpy() if len(out_z) else np.array([])
+        values, votes = np.unique(pred, return_counts=True)
+        result["factors"][factor] = {"truth": h.truth, "accuracy": float(np.mean(pred == h.truth)) if len(pred) else float("nan"),
+                                     "predicted": str(values[np.argmax(votes)]) if len(values) else None,
+                                     "chance": h.chance, "unseen": h.unseen, "learnable": h.learnable}
     return result
-
-
-def _votes(pred: np.ndarray, truth: str) -> dict:
-    """Per-sample accuracy and the majority vote of one held-out design's predictions."""
-    values, votes = np.unique(pred, return_counts=True)
-    return {"accuracy": float(np.mean(pred == truth)) if len(pred) else float("nan"),
-            "predicted": str(values[np.argmax(votes)]) if len(values) else None}
 
 
 def lodo(ws: Workspace, space: str, s: LearnedSettings = LearnedSettings(), *, device: str = "auto",
@@ -331,17 +314,9 @@ def lodo_summary(ws: Workspace) -> dict:
                 "accuracy": float(np.nanmean(acc)),
                 "chance": float(np.mean([x["factors"][factor]["chance"] for x in scored])),
                 "vote_accuracy": float(np.mean([x["factors"][factor]["predicted"] == x["factors"][factor]["truth"] for x in scored])),
-                "rule": ", ".join(sorted({x["factors"][factor].get("rule", "nearest model") for x in scored})),
-                "nearest_model": _rule_summary([x["factors"][factor].get("nearest_model", x["factors"][factor]) for x in scored],
-                                               [x["factors"][factor]["truth"] for x in scored]),
                 "folds": [{"design": x["design"], "models": x["models"], "n": x["n"], **x["factors"][factor]} for x in scored],
             }
     return out
-
-
-def _rule_summary(records: list[dict], truths: list[str]) -> dict:
-    return {"accuracy": float(np.nanmean([r["accuracy"] for r in records])),
-            "vote_accuracy": float(np.mean([r["predicted"] == t for r, t in zip(records, truths, strict=True)]))}
 
 
 def export_lodo(ws: Workspace, folder: Path) -> int:
