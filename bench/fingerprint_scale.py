@@ -191,39 +191,7 @@ def _link(src: Path, dst: Path) -> None:
 # ---- measuring -----------------------------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def tree_anon_bytes(root: int) -> int:
-    """Sum of RssAnon over a process and all its descendants."""
-    total, todo, seen = 0, [root], set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        total += _rss_anon(pid)
-        todo += _children(pid)
-    return total
+from proc_memory import tree_anon_bytes  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 class Sampler(threading.Thread):

@@ -22,7 +22,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -30,66 +29,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from proc_memory import PeakMemory  # noqa: E402
 
 from fingerprint_core import devices  # noqa: E402
 from fingerprint_core.manifold import Manifold  # noqa: E402
 
 D = 32
 CENTRES = 256
-
-
-# ---- memory of the process tree -----------------------------------------------------------------
-def _tree_pids(root: int) -> list[int]:
-    parent: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                parent[int(entry.name)] = int(fields[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += [c for c, pp in parent.items() if pp == p]
-    return out
-
-
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class PeakMemory:
-    """Samples the summed RssAnon of this process tree every 0.1 s; peak since the last reset()."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def now(self) -> int:
-        return sum(_rss_anon(p) for p in _tree_pids(os.getpid()))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.now())
-            self._stop.wait(0.1)
-
-    def reset(self) -> None:
-        self.peak = self.now()
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # ---- data -----------------------------------------------------------------------------------------

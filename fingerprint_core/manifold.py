@@ -192,15 +192,7 @@ class Manifold:
 
     def reference(self, idx: torch.Tensor | np.ndarray) -> torch.Tensor:
         """The float32 embeddings of the given reference rows, on the manifold's device."""
-        idx = np.asarray(torch.as_tensor(idx).cpu())
-        order = np.argsort(idx, kind="stable")
-        rows = np.empty((len(idx), self.dim), dtype=self._store.dtype)
-        rows[order] = self._store[idx[order]]
-        if self.pixels:
-            vals = torch.from_numpy(rows).to(torch.float32) / PIXEL_LEVELS
-        else:
-            vals = torch.from_numpy(rows)
-        return vals.to(self.device)
+        return store_rows(self._store, idx, self.device)
 
     # ---- public search ---------------------------------------------------------------------
     @torch.no_grad()
@@ -817,6 +809,20 @@ def _blocked_mm(q: torch.Tensor, r: torch.Tensor, rows: bool = False) -> torch.T
             rb = r[:, a : a + step].reshape(nb, _KBLOCK, -1)
         out[:, a : a + step] = torch.bmm(qb, rb).to(acc).sum(0)
     return out
+
+
+def store_rows(store: np.ndarray, idx, device) -> torch.Tensor:
+    """float32 values of rows of a reference store (uint8 codes -> code / 255), read in sorted order
+    (kind to a memmap) and returned in the order asked, on device. Every search engine's reference()."""
+    idx = np.asarray(torch.as_tensor(idx).cpu())
+    order = np.argsort(idx, kind="stable")
+    rows = np.empty((len(idx), int(np.prod(store.shape[1:]))), dtype=store.dtype)
+    rows[order] = np.asarray(store[idx[order]]).reshape(len(idx), -1)
+    if rows.dtype == np.uint8:
+        vals = torch.from_numpy(rows).to(torch.float32) / PIXEL_LEVELS
+    else:
+        vals = torch.from_numpy(rows.astype(np.float32, copy=False))
+    return vals.to(device)
 
 
 def _threshold_like(thr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

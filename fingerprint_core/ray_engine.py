@@ -289,15 +289,9 @@ class ShardedManifold:
     # ---- Manifold's interface -------------------------------------------------------------
     def reference(self, idx) -> torch.Tensor:
         """The float32 embeddings of the given reference rows (as ``Manifold.reference``)."""
-        idx = np.asarray(torch.as_tensor(idx).cpu())
-        order = np.argsort(idx, kind="stable")
-        rows = np.empty((len(idx), self.dim), dtype=self._store.dtype)
-        rows[order] = self._store[idx[order]]
-        if rows.dtype == np.uint8:
-            vals = torch.from_numpy(rows).to(torch.float32) / 255
-        else:
-            vals = torch.from_numpy(rows.astype(np.float32, copy=False))
-        return vals.to(self.device)
+        from fingerprint_core.manifold import store_rows
+
+        return store_rows(self._store, idx, self.device)
 
     @torch.no_grad()
     def nearest(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
