@@ -229,3 +229,24 @@ def test_the_ray_engine_writes_the_local_engines_workspace(cluster, tmp_path):
         for space, e in entry["spaces"].items():
             for name in ("nearest.npy", "distance.npy", "artifacts.npy"):
                 assert (local / e["dir"] / name).read_bytes() == (sharded / e["dir"] / name).read_bytes(), (model, space)
+
+
+@needs_ray
+def test_a_learned_space_embeds_on_ray_as_it_does_here(cluster, workspace, tmp_path):
+    """SL through Ray Data: features within float32 tolerance of the local ones, the same nearest references."""
+    from fingerprint_core import encoders
+    from fingerprint_core.manifold import Manifold
+
+    torch.manual_seed(0)
+    cfg = encoders.EncoderConfig(in_channels=3, widths=(8, 16), feature_dim=24, num_outputs=4, image_size=16)
+    weights = tmp_path / "sl.safetensors"
+    encoders.save(encoders.ConvEncoder(cfg).eval(), weights)
+    images = np.asarray(workspace.images(workspace.model_names()[0]))
+    local = spaces.get("sl", device="cpu", weights=weights, batch_size=8)
+    here = local.embed(images)
+    there = ray_engine.ray_embed("sl", {"weights": weights}, images, 8)
+    np.testing.assert_allclose(there.numpy(), here.numpy(), rtol=1e-5, atol=1e-6)  # the stated tolerance
+    reference = local.embed(np.asarray(workspace.reference_images()))
+    m = Manifold(reference, device="cpu")
+    with ray_engine.ShardedManifold(reference, shards=2, device="cpu") as sm:
+        assert torch.equal(sm.nearest(there)[0], m.nearest(there)[0])
