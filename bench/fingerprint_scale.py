@@ -124,6 +124,26 @@ def workspace_bytes(refs: int, models: int, samples: int, side: int) -> int:
     return n_real * d + models * samples * d + refs * d * 4 + len(SPACES) * queries * (d * 2 + 12)
 
 
+MARK = ".manifpt-fpscale"  # in --out: the folder is this benchmark's, so its data/set-*/ws-* may be replaced
+
+
+def claim(out: Path) -> None:
+    """Make --out this benchmark's folder: a new or empty one, or one it marked before (never other files)."""
+    out.mkdir(parents=True, exist_ok=True)
+    mark = out / MARK
+    if not mark.is_file() and any(out.iterdir()):
+        raise SystemExit(f"{out} holds files this benchmark did not write; choose a new or empty --out")
+    mark.write_text("written by bench/fingerprint_scale.py: its data/, set-*/ and ws-* folders are replaced on reruns\n")
+
+
+def remove(path: Path) -> None:
+    """Remove one of the benchmark's own folders inside a claimed --out (never through a link)."""
+    if path.is_symlink():
+        raise SystemExit(f"{path} is a symbolic link; this benchmark only removes folders it wrote")
+    if path.exists():
+        shutil.rmtree(path)
+
+
 def write_dataset(out: Path, sizes: list[int], models: int, samples: int, side: int, seed: int) -> Path:
     """The full dataset under out/data (reused when its parameters match); returns it."""
     data = out / "data"
@@ -132,8 +152,7 @@ def write_dataset(out: Path, sizes: list[int], models: int, samples: int, side: 
     if stamp.is_file() and json.loads(stamp.read_text()) == params:
         print(f"dataset: reusing {data}", flush=True)
         return data
-    if data.exists():
-        shutil.rmtree(data)
+    remove(data)
     (data / "real").mkdir(parents=True)
     t0 = time.perf_counter()
     bounds = sorted({real_count(s) for s in sizes})
@@ -166,8 +185,7 @@ def write_dataset(out: Path, sizes: list[int], models: int, samples: int, side: 
 def subset(data: Path, out: Path, refs: int) -> Path:
     """A dataset root whose real set gives `refs` references: hard links to the shards and model files."""
     root = out / f"set-{refs}"
-    if root.exists():
-        shutil.rmtree(root)
+    remove(root)
     n_real = real_count(refs)
     (root / "real").mkdir(parents=True)
     for f in sorted((data / "real").glob("real-*.npz")):
@@ -377,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out)
     need_data = dataset_bytes(real_count(max(sizes)), args.models, args.samples, args.side)
     ws_sizes = [workspace_bytes(s, args.models, args.samples, args.side) for s in sizes]
     need = need_data + (sum(ws_sizes) if args.keep else max(ws_sizes))
@@ -395,8 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     for refs in sizes:
         root = subset(data, out, refs)
         ws = out / f"ws-{refs}"
-        if ws.exists():
-            shutil.rmtree(ws)
+        remove(ws)
         result = out / f"result-{refs}.json"
         print(f"\n== {refs} references ({real_count(refs)} real images, {args.models} x {args.samples} samples, "
               f"{args.side} x {args.side} x 3) ==", flush=True)
@@ -413,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"artifact row exact: {c['artifact_row_exact']}; closest 1st-2nd gap {c['closest_gap']:.3g} "
                   f"({doc['check_s']:.0f} s)", flush=True)
         if not args.keep:
-            shutil.rmtree(ws)
-            shutil.rmtree(root)
+            remove(ws)
+            remove(root)
 
     print(f"\nCPU {devices.cpu_name()}, torch threads {results[0]['torch_threads']}, working set "
           f"{results[0]['working_set_mb']} MB; time and peak anonymous memory (process tree) per step")
@@ -427,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {doc['total_s'] / 60:5.1f} min | {doc['peak'] / GB:4.2f} GB | "
               f"{doc['load_before'][0]:.1f} -> {doc['load_after'][0]:.1f} | {'yes' if ok else 'NO'}")
     if not (args.keep or args.keep_data):
-        shutil.rmtree(data)
+        remove(data)
     bad = [d for d in results if d["peak"] >= 8 * GB]
     if bad:
         print(f"peak over 8 GB at {[d['references'] for d in bad]} references", file=sys.stderr)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from fingerprint_core import devices
+from fingerprint_core.manifold import Manifold, as_rows, store_rows
 
 PIXEL_LEVELS = 255
 INDEXES = ("ivf", "hnsw")
@@ -46,14 +47,6 @@ def _faiss():
         raise ImportError("the approximate index needs faiss: pip install faiss-cpu "
                           "(or the project's `faiss` extra)") from err
     return faiss
-
-
-def _rows(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
 
 
 def recall_at_1(approx_idx, exact_idx) -> float:
@@ -84,7 +77,7 @@ class ApproxManifold:
         faiss = _faiss()
         if threads:
             faiss.omp_set_num_threads(int(threads))
-        self._store = _rows(reference)
+        self._store = as_rows(reference)
         if self._store.ndim != 2 or self._store.shape[0] == 0:
             raise ValueError(f"reference must hold at least one row; got shape {tuple(self._store.shape)}")
         self.size, self.dim = (int(v) for v in self._store.shape)
@@ -145,15 +138,13 @@ class ApproxManifold:
 
     # ---- Manifold's interface -------------------------------------------------------------
     def reference(self, idx) -> torch.Tensor:
-        from fingerprint_core.manifold import store_rows
-
         return store_rows(self._store, idx, self.device)
 
     @torch.no_grad()
     def nearest(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
         """Index (LongTensor N) and squared L2 distance (float32 N): the exact nearest among the
         index's top k of each query (approximate overall)."""
-        q = _rows(queries)
+        q = as_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the index has {self.dim}")
         n = len(q)
@@ -174,8 +165,6 @@ class ApproxManifold:
             idx[qi[first]], dist[qi[first]] = ri[first], d64[first]
         empty = np.flatnonzero(idx < 0)
         if len(empty):  # no candidate at all (empty cells): the exact answer
-            from fingerprint_core.manifold import Manifold
-
             if self._exact is None:
                 self._exact = Manifold(self._store, device="cpu")
             ei, ed = self._exact.nearest(q[empty])

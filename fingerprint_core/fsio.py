@@ -74,6 +74,10 @@ class DurableFile:
     def size(self) -> int:
         return self._w.size
 
+    @property
+    def writer(self) -> HashingWriter:
+        return self._w
+
     def write(self, data) -> int:
         return self._w.write(data)
 
@@ -108,15 +112,16 @@ def npy_header(shape: tuple[int, ...], dtype) -> bytes:
 
 def write_durable(path: Path, data: bytes | Callable[[HashingWriter], None]) -> tuple[int, str]:
     """Write path in place and fsync it; data is bytes or a function that writes into the file. Returns (size, sha256)."""
-    with open(path, "wb") as f:
-        w = HashingWriter(f)
+    f = DurableFile(path)
+    try:
         if isinstance(data, (bytes, bytearray, memoryview)):
-            w.write(data)
+            f.write(data)
         else:
-            data(w)
-        f.flush()
-        os.fsync(f.fileno())
-    return w.size, w.sha256.hexdigest()
+            data(f.writer)
+    except BaseException:
+        f.abort()
+        raise
+    return f.close()
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | Callable[[HashingWriter], None]) -> tuple[int, str]:

@@ -67,7 +67,7 @@ class _TooMany(Exception):
     """A candidate band that holds too many pairs: redo the tile at a higher precision."""
 
 
-def _rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
+def as_rows(x: torch.Tensor | np.ndarray) -> np.ndarray:
     """A 2-D numpy view (N x D) of a tensor, array or memmap, without copying when possible."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -140,7 +140,7 @@ class Manifold:
         self.prune = prune
         self.prune_dims = prune_dims
         self.precision = precision
-        rows = _rows(reference)
+        rows = as_rows(reference)
         if rows.ndim != 2 or rows.shape[0] == 0:
             raise ValueError(f"reference must hold at least one row; got shape {tuple(rows.shape)}")
         # Pixel codes: uint8 given as such (values code/255 exactly), or float32 that sits on
@@ -198,7 +198,7 @@ class Manifold:
     @torch.no_grad()
     def nearest(self, queries: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Index (LongTensor N) and squared L2 distance (float32 N) of each query's nearest reference."""
-        q = _rows(queries)
+        q = as_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the manifold has {self.dim}")
         n = q.shape[0]

@@ -192,19 +192,26 @@ class Engine:
             raise ValueError(f"engine={self.name!r}: expected 'local', 'ray' or 'approximate'")
         if self.shards is not None and self.shards < 1:
             raise ValueError(f"shards={self.shards} must be at least 1")
-        if self.name == "ray":
+        if self.name == "ray":  # fail before any work when Ray is not installed
             from fingerprint_core import ray_engine
 
-            ray = ray_engine.require_ray()
-            fresh = not ray.is_initialized()
-            ray_engine.connect(self.address)
-            object.__setattr__(self, "_started", fresh and self.address is None)  # ours to stop at the end
+            ray_engine.require_ray()
+
+    def _connect(self) -> None:
+        """Join (or start) Ray for this run; remember whether this engine started the instance."""
+        from fingerprint_core import ray_engine
+
+        fresh = not ray_engine.require_ray().is_initialized()
+        ray_engine.connect(self.address)
+        if fresh and self.address is None:
+            object.__setattr__(self, "_started", True)  # ours to stop at the end of the run
 
     def space(self, space: spaces.Space, options: dict) -> spaces.Space:
         if self.name != "ray":
             return space
         from fingerprint_core import ray_engine
 
+        self._connect()
         return ray_engine.ray_space(space, options)
 
     def search(self, reference, device: str, queries_for_recall=None):
@@ -212,6 +219,7 @@ class Engine:
         if self.name == "ray":
             from fingerprint_core.ray_engine import ShardedManifold
 
+            self._connect()
             return ShardedManifold(reference, shards=self.shards or 2, device=device)
         exact = Manifold(reference, device=device)
         if self.name == "local":
@@ -233,6 +241,7 @@ class Engine:
             from fingerprint_core import ray_engine
 
             ray_engine.shutdown()
+            object.__setattr__(self, "_started", False)  # the same engine may run again (it reconnects)
 
 
 def _read_real(ws: Workspace, ds: datasets.GMDataset, *, holdout: float, seed: int, progress: Progress,

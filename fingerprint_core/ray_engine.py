@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fingerprint_core import devices, memory
-from fingerprint_core.manifold import Manifold
+from fingerprint_core.manifold import Manifold, as_rows, store_rows
 
 RAY_VERSION = "2.60.0"
 INSTALL_HINT = (f"the Ray engine needs Ray: run `MANIFPT_EXTRAS=ray bash scripts/setup.sh`, "
@@ -118,15 +118,6 @@ def _resources() -> tuple[float, float]:
     return float(res.get("CPU", 0)), float(res.get("GPU", 0))
 
 
-def _flat_rows(x) -> np.ndarray:
-    """A 2-D numpy view (N x D) of a tensor, array or memmap, without copying when possible."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
-
-
 # ---- shards -----------------------------------------------------------------------------------
 class Shard:
     """A shard of the reference set in an actor: its rows (global offset ``offset``) and their
@@ -209,7 +200,7 @@ class ShardedManifold:
         connect(address)
         self._ray = ray
         self._source = reference
-        self._store = _flat_rows(reference)
+        self._store = as_rows(reference)
         if self._store.ndim != 2 or self._store.shape[0] == 0:
             raise ValueError(f"reference must hold at least one row; got shape {tuple(self._store.shape)}")
         self.size, self.dim = (int(v) for v in self._store.shape)
@@ -289,14 +280,12 @@ class ShardedManifold:
     # ---- Manifold's interface -------------------------------------------------------------
     def reference(self, idx) -> torch.Tensor:
         """The float32 embeddings of the given reference rows (as ``Manifold.reference``)."""
-        from fingerprint_core.manifold import store_rows
-
         return store_rows(self._store, idx, self.device)
 
     @torch.no_grad()
     def nearest(self, queries) -> tuple[torch.Tensor, torch.Tensor]:
         """Index (LongTensor N) and squared L2 distance (float32 N) of each query's nearest reference."""
-        q = _flat_rows(queries)
+        q = as_rows(queries)
         if q.shape[1] != self.dim:
             raise ValueError(f"queries have dimension {q.shape[1]}, the manifold has {self.dim}")
         n = q.shape[0]

@@ -16,7 +16,6 @@ call register() when imported).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from fingerprint_core.fsio import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,7 @@ _REGISTRY: dict[str, SpaceInfo] = {}
 _PLUGINS_LOADED: set[str] = set()
 
 
-def register(name: str, build: Callable[..., Space], *, summary: str, replace: bool = False, **flags: bool) -> SpaceInfo:
+def register(name: str, build: Callable[..., Space], *, summary: str, replace: bool = False, **flags: bool | str) -> SpaceInfo:
     """Add a space: build(**options) -> Space, with its SpaceInfo flags."""
     key = name.lower()
     if not key.replace("_", "").replace("-", "").isalnum() or key in ("fused", "images"):
@@ -211,7 +212,7 @@ class EncoderSpace(Space):
         self.name = name
         self.weights = Path(weights)
         self.encoder, self.meta = encoders.load(self.weights, device=self.device)
-        self._sha = _sha256(self.weights)
+        self._sha = sha256_file(self.weights)
 
     def _embed_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder.features(x).float()
@@ -258,14 +259,6 @@ class BackboneSpace(Space):
 
     def source(self):
         return str(self.weights.resolve())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_weights(name: str) -> Path:
