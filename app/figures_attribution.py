@@ -64,18 +64,19 @@ def top_models_figure(top: Sequence[Mapping], *, verdict: str = "known", height:
     return fig
 
 
-def verdict_line(verdict: str, score: float, threshold: float, top_model: str, accept: float = 0.95) -> str:
-    """One line on why the verdict is what it is: the open-set score against the threshold (markdown)."""
-    share, top_model = f"{accept:.0%}", md(top_model)
-    if verdict == "unknown":
-        return (f"Open-set score {score:.3g} > threshold {threshold:.3g} (which {share} of known validation images "
-                f"stay under): unlike every known model, so probably from a model not in this workspace "
-                f"(the closest guess was {top_model}).")
-    if verdict == "real":
-        return (f"Open-set score {score:.3g} ≤ threshold {threshold:.3g}, and the most probable class is the "
-                "held-out real images: it looks real.")
-    return (f"Open-set score {score:.3g} ≤ threshold {threshold:.3g} (which {share} of known validation images "
-            f"stay under): it looks like the known models, and {top_model} is the most probable.")
+def verdict_line(r, decision) -> str:
+    """One line on why the verdict is what it is, in the order the decisions are taken (markdown)."""
+    region = "inside" if r.verdict == "real" else "checked against"
+    real = (f"p(real) {r.p_real:.3f} vs threshold {decision.real_threshold:.3g} (with the real region, "
+            f"{region} it, they keep {decision.measured.get('val_real_kept', float('nan')):.0%} of real validation images)")
+    if r.verdict == "real":
+        return f"{real}: it looks real."
+    open_set = (f"open-set score {r.open_set_score:.3g} vs threshold {decision.unknown.threshold:.3g} "
+                f"({decision.unknown.kind}; {decision.unknown.accept:.0%} of known generated validation images stay under)")
+    if r.verdict == "unknown":
+        return (f"Not real ({real}); {open_set}: unlike every known model, so probably from a model not in this "
+                f"workspace (the closest guess was {md(r.top[0]['model'])}).")
+    return f"Not real ({real}); {open_set}: it looks like the known models, and {md(r.model or '')} is the most probable."
 
 
 # ---- a batch ----------------------------------------------------------------------------------------------
@@ -143,7 +144,8 @@ PROTOCOLS = {  # protocol -> title (the letters of docs/baselines.md)
     "closed": "a · closed set", "twins": "b · twins", "robust": "c · robustness",
     "lodo": "d · leave one design out", "openset": "e · open set", "fisher": "f · Fisher ratio",
 }
-METRICS = {"accuracy": "accuracy", "clean": "clean", "jpeg75": "JPEG 75", "down2": "down ×2", "noise2": "noise 2/255",
+METRICS = {"accuracy": "accuracy", "clean": "clean",
+           "jpeg50": "JPEG 50", "jpeg75": "JPEG 75", "jpeg90": "JPEG 90", "down2": "resize 0.5", "noise2": "noise 2/255",
            "auroc": "AUROC", "tpr_calibrated": "TPR", "fpr_calibrated": "FPR", "fdr": "FDR"}
 LOWER_IS_BETTER = {("openset", "fpr_calibrated")}
 MANIFPT_COLORS = ("#1E3A8A", "#1D4ED8", "#3B82F6", "#60A5FA", "#93C5FD")  # ManiFPT: blues
@@ -344,3 +346,23 @@ def _win_count(summary: pd.DataFrame) -> str | None:
     if not total:
         return None
     return f"Over the {total} ranked columns of the table, a ManiFPT attributor is best in {led}."
+
+
+# ---- calibration ------------------------------------------------------------------------------------------
+
+
+def reliability_figure(bins: Sequence[Mapping], title: str) -> go.Figure:
+    """Reliability diagram: accuracy per confidence bin (bars, with their counts) against the diagonal a
+    calibrated attributor follows."""
+    b = pd.DataFrame(list(bins))
+    used = b[b["count"] > 0]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=(used["lo"] + used["hi"]) / 2, y=used["accuracy"], width=used["hi"] - used["lo"],
+                         name="accuracy", marker_color="#2563EB", customdata=used[["count", "confidence"]],
+                         hovertemplate="confidence %{customdata[1]:.3f}<br>accuracy %{y:.3f}<br>%{customdata[0]} images"
+                                       "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line={"dash": "dot", "color": "#6B7280"}))
+    fig.update_layout(title=plotly_label(title), xaxis_title="confidence (top class probability)", yaxis_title="accuracy",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], height=320, margin={"t": 40, "b": 40, "l": 50, "r": 10},
+                      showlegend=False)
+    return fig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from app import figures_attribution as fat
 from app import state
 from app import state_attribution as sa
 from app.text import md, md_code
+from fingerprint_core.attribution import predict
 from fingerprint_core.workspace import Workspace, WorkspaceError
 
 UPLOAD_KEY = "attr_upload"
@@ -58,18 +60,17 @@ def no_attributor(path: str) -> None:
 
 
 def header(ws: Workspace, kind: str, entry: dict) -> None:
-    """Title and one line on the attributor that answers."""
+    """Title and one line on the attributor that answers and the order of its decisions."""
     st.title("Attribute")
     test = entry.get("test", {}).get("model")
-    open_set = entry.get("open_set", {})
     acc = f" (test accuracy {test:.1%} on the model head)" if test is not None else ""
     st.caption(
         f"Which model made these images? Each image is converted to this workspace's shape, its nearest real image "
         f"is found in each space and its artifact (image minus nearest real) read by the **{kind}** attributor of "
-        f"**{md(ws.path.name)}**{acc}. The verdict is *unknown* when the open-set score "
-        f"({open_set.get('score', 'mahalanobis')} distance of the attributor's features to the nearest known class) "
-        f"is above {open_set.get('threshold', float('nan')):.3g}, which {open_set.get('accept', 0.95):.0%} of known "
-        "validation images stay under."
+        f"**{md(ws.path.name)}**{acc}. Three decisions, in order, each with a threshold set on validation images "
+        "only: *real* when the calibrated p(real) is high and the image lies in the real images' own region; else "
+        "*unknown* when the open-set score is above what 95% of known models' validation images stay under; "
+        "else the most probable known model."
     )
 
 
@@ -132,8 +133,10 @@ def errors_section(errors: list[tuple[str, str]]) -> None:
     st.dataframe(pd.DataFrame(errors, columns=["file", "reason"]), hide_index=True, width="stretch")
 
 
-def summary_section(ws: Workspace, table: pd.DataFrame, n_errors: int) -> None:
-    """Counts per verdict and per most probable model, and the CSV of every answer."""
+def summary_section(ws: Workspace, table: pd.DataFrame, n_errors: int, filed) -> None:
+    """Counts per verdict and per most probable model, and the report (CSV and JSON) of every answer."""
+    from fingerprint_core.attribution import report
+
     st.subheader("Batch summary")
     counts = fat.verdict_counts(table)
     cols = st.columns(5)
@@ -144,10 +147,16 @@ def summary_section(ws: Workspace, table: pd.DataFrame, n_errors: int) -> None:
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     left.plotly_chart(fat.batch_figure(table), width="stretch", key="attr_batch", config={"displaylogo": False})
     right.download_button(
-        "Download CSV", data=table.to_csv(index=False), file_name=f"{ws.path.name}-attribution.csv", mime="text/csv",
+        "Download CSV", data=report.to_csv(filed), file_name=f"{ws.path.name}-attribution.csv", mime="text/csv",
         icon=":material/download:", on_click="ignore", key="attr_csv", width="stretch",
-        help="One row per image: verdict, most probable model and the top five, design choices with their "
-             "probabilities, open-set score and threshold, nearest real image per space, conversions.",
+        help="The report to file: '#' lines with the attributor, its thresholds and the error rates they were set "
+             "for, the tool version and the set's verdict; then one row per image: its SHA-256, verdict, model, "
+             "probabilities, design choices, scores; refused files with their reason.",
+    )
+    right.download_button(
+        "Download JSON", data=json.dumps(filed.to_json(), indent=1), file_name=f"{ws.path.name}-attribution.json",
+        mime="application/json", icon=":material/download:", on_click="ignore", key="attr_json", width="stretch",
+        help="The same report as `manifpt attribute --json` writes (schema manifpt-attribute/2, docs/open-world.md).",
     )
     right.caption("Number of images per most probable model, coloured by verdict.")
 
@@ -211,12 +220,12 @@ def design_lines(c: sa.Card) -> str:
     return "  \n".join(f"{md(head)}: **{md(v['value'])}** ({v['p']:.2f})" for head, v in c.result.design.items())
 
 
-def card(ws: Workspace, c: sa.Card, n: int, rule) -> None:
+def card(ws: Workspace, c: sa.Card, n: int, decision) -> None:
     """Everything about one image in a bordered box."""
     r = c.result
     with st.container(border=True):
         st.markdown(f"**{n}. {md(r.file)}** &nbsp; :{BADGE.get(r.verdict, 'gray')}-badge[{r.verdict}]")
-        st.caption(fat.verdict_line(r.verdict, r.open_set_score, rule.threshold, r.top[0]["model"], rule.accept))
+        st.caption(fat.verdict_line(r, decision))
         if c.domain_gap:
             st.warning(c.domain_gap, icon=":material/warning:")
         tiles, bars, design = st.columns([3, 2, 1.9], gap="medium")
@@ -231,7 +240,7 @@ def card(ws: Workspace, c: sa.Card, n: int, rule) -> None:
             st.caption("Converted: " + "; ".join(md(n) for n in c.notes) + ".")
 
 
-def cards_section(ws: Workspace, cards: list[sa.Card], rule) -> None:
+def cards_section(ws: Workspace, cards: list[sa.Card], decision) -> None:
     """The cards, filtered by verdict and shown a page at a time."""
     st.subheader("Per image")
     numbered = list(enumerate(cards, 1))
@@ -248,7 +257,37 @@ def cards_section(ws: Workspace, cards: list[sa.Card], rule) -> None:
     if not numbered:
         st.info("No image with the verdicts chosen.", icon=":material/filter_alt:")
     for n, c in numbered:
-        card(ws, c, n, rule)
+        card(ws, c, n, decision)
+
+
+def set_section(attributor, cards: list[sa.Card], file_ids: tuple) -> dict | None:
+    """The verdict for the whole batch as one source, with how it settles as images are added (None: too few images)."""
+    st.subheader("As one source")
+    key = ("attr_set", attributor.ws.path.as_posix(), file_ids)
+    if st.session_state.get("attr_set_key") != key:
+        try:
+            with st.spinner("Comparing the set with every known model…"):
+                st.session_state["attr_set"] = sa.set_verdict(attributor, cards)
+        except ValueError as e:
+            st.session_state["attr_set"] = str(e)
+        st.session_state["attr_set_key"] = key
+    s = st.session_state["attr_set"]
+    if isinstance(s, str):
+        st.info(f"No set verdict: {md(s)}.", icon=":material/info:")
+        return None
+    said = {"known": f"known: **{md(s['model'])}**", "unknown": "**unknown**: none of the known models",
+            "real": "**real** images"}[s["verdict"]]
+    box = {"known": st.success, "unknown": st.warning, "real": st.info}[s["verdict"]]
+    box(f"Set verdict: {said} (p {s['p']:.3f}; {s['n']} images, thresholds of sets of {s['size_calibrated']}, "
+        "each rejecting at most 1% of a known model's validation sets).", icon=":material/group_work:")
+    if s["design"]:
+        rows = [{"factor": f, "value": v["value"], "p": v["p"], "how": v.get("reliability", "set posterior of the known models")}
+                for f, v in s["design"].items()]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.caption("By set size (first n images): " + ", ".join(f"{b['n']}: {md(b['model'] or b['verdict'])} ({b['p']:.2f})"
+                                                            for b in s["by_n"]) + ". For an unknown source, p is 1 minus the "
+               "largest p-value of a known model; for real or known, the set posterior assuming independent images.")
+    return s
 
 
 def main() -> None:
@@ -281,9 +320,15 @@ def main() -> None:
     if not cards:
         st.warning("No image could be attributed; see the reasons above.", icon=":material/warning:")
         st.stop()
-    summary_section(ws, sa.results_table(cards, attributor.rule.threshold), len(errors))
+    one_set = None
+    if st.toggle("These images come from one source", key="attr_as_set",
+                 help="Compare the batch, as a set, with each known model (a two-sample test on the attributor's "
+                      "features): real, then known or unknown, then the model. Needs at least 5 images."):
+        one_set = set_section(attributor, cards, tuple(f.file_id for f in files))
+    filed = predict.Report(results=[c.result for c in cards], errors=errors, set=one_set, about=attributor.about())
+    summary_section(ws, sa.results_table(cards, attributor.decision), len(errors), filed)
     map_section(path, stamp, record, cards, tuple(f.file_id for f in files), attributor)
-    cards_section(ws, cards, attributor.rule)
+    cards_section(ws, cards, attributor.decision)
 
 
 main()

@@ -152,26 +152,36 @@ def attribute_files(
     answers = attributor.attribute_array(np.stack([p[2] for p in pending]), top=top) if pending else []
     for (file_id, up, x, notes), answer in zip(pending, answers, strict=True):
         status = "ok" if not notes else "warning: " + "; ".join(notes)
-        result = predict.Result(file=up.name, status=status, **answer)
+        result = predict.Result(file=up.name, status=status, sha256=up.sha256, **answer)
         gap = domain_gap(up.array, attributor.shape, attributor.padded_from)
         outcomes[file_id].cards.append(Card(result, thumbnail(up.array), x, tuple(notes), gap))
     return outcomes
 
 
-def results_table(cards: list[Card], threshold: float) -> pd.DataFrame:
-    """One row per attributed image: verdict, top model and its probability, the runners-up, design choices."""
+def results_table(cards: list[Card], decision) -> pd.DataFrame:
+    """One row per attributed image: its SHA-256, verdict, attributed and most probable model, the
+    runners-up, design choices, the scores beside their thresholds."""
     rows = []
     for c in cards:
         r = c.result
-        row = {"file": r.file, "verdict": r.verdict, "model": r.top[0]["model"], "p_model": r.top[0]["p"],
+        row = {"file": r.file, "sha256": r.sha256, "verdict": r.verdict, "attributed": r.model or "",
+               "model": r.top[0]["model"], "p_model": r.top[0]["p"],
                "top_models": "; ".join(f"{t['model']} {t['p']:.4f}" for t in r.top)}
         for head, v in r.design.items():
             row[head], row[f"p_{head}"] = v["value"], v["p"]
-        row.update(open_set_score=r.open_set_score, threshold=round(float(threshold), 4),
+        row.update(p_real=r.p_real, real_threshold=round(float(decision.real_threshold), 4),
+                   open_set_score=r.open_set_score, threshold=round(float(decision.unknown.threshold), 4),
                    **{f"nearest_real_{s}": i for s, i in r.nearest_real.items()},
                    domain="far" if c.domain_gap else "ok", notes="; ".join(c.notes))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def set_verdict(attributor: Attributor, cards: list[Card]) -> dict:
+    """The verdict for every attributed upload as one source (predict.Attributor.set_verdict); ValueError
+    when there are too few images."""
+    arts, _, features, logits = attributor.forward(np.stack([c.converted for c in cards]))
+    return attributor.set_verdict(arts, features, logits)
 
 
 # ---- uploads on the fingerprint map ----------------------------------------------------------------------

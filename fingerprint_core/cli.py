@@ -387,8 +387,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args.job.set(message, 0, 0)  # until the next epoch says more
 
     try:
+        if args.threads is not None:
+            import torch
+
+            torch.set_num_threads(args.threads)
         table = train.train(args.workspace, kinds=kinds, epochs=args.epochs, seed=args.seed, device=args.device,
-                            force=args.force, on_epoch=on_epoch, log=log)
+                            force=args.force, robust=args.robust, robust_copies=args.robust_copies,
+                            robust_p=args.robust_p, on_epoch=on_epoch, log=log)
     except KeyboardInterrupt:
         print("interrupted: attributors already finished are kept; rerun to train the rest", file=sys.stderr)
         return 130
@@ -416,7 +421,12 @@ def _cmd_attribute(args: argparse.Namespace) -> int:
     for w in attributor.warnings:
         print(f"warning: {w}", file=sys.stderr)
     limits = uploads.Limits() if args.max_decoded_mb is None else uploads.Limits(max_decoded_bytes=int(args.max_decoded_mb * 2**20))
-    report = attributor.attribute(uploads.read_paths(args.paths, limits=limits), top=args.top)
+    report = attributor.attribute(uploads.read_paths(args.paths, limits=limits), top=args.top, as_set=args.as_set)
+    if args.csv is not None:
+        from fingerprint_core.attribution import report as report_mod
+        from fingerprint_core.fsio import atomic_write
+
+        atomic_write(args.csv, report_mod.to_csv(report).encode("utf-8"))
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
@@ -435,8 +445,18 @@ def _print_attribution(report, kind: str) -> None:
         widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
         for row in rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        print(f"\n({kind} attributor; verdict 'unknown': the open-set score is above the threshold that "
-              "accepts 95% of known validation samples)")
+        about = report.about
+        print(f"\n({kind} attributor; in order: 'real' when the calibrated p(real) >= {about['real']['threshold']:.3g} "
+              f"(keeps {about['real']['keeps']:.0%} of real validation images), else 'unknown' when the open-set score "
+              f"({about['unknown']['score']}) is above {about['unknown']['threshold']:.3g} (accepts "
+              f"{about['unknown']['accepts']:.0%} of known generated validation images), else the most probable model)")
+    if report.set is not None:
+        s = report.set
+        said = s["model"] if s["verdict"] == "known" else s["verdict"]
+        print(f"\nas one source ({s['n']} images, thresholds of sets of {s['size_calibrated']}): {said} (p {s['p']:.3f})")
+        for factor, v in s["design"].items():
+            print(f"  {factor}: {v['value']} (p {v['p']:.2f}{'; ' + v['reliability'] if 'reliability' in v else ''})")
+        print("  by n: " + ", ".join(f"{b['n']}: {b['model'] or b['verdict']} ({b['p']:.2f})" for b in s["by_n"]))
     for r in report.results:
         if r.status != "ok":
             print(f"{r.file}: {r.status}", file=sys.stderr)
@@ -456,6 +476,13 @@ def _add_attribution_commands(sub) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of the split and the training (default 0)")
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     t.add_argument("--force", action="store_true", help="retrain even when a stored attributor is up to date")
+    t.add_argument("--robust", action="store_true",
+                   help="also train on perturbed copies of the training and validation images (JPEG 50-100, resizing "
+                        "0.5-1, noise, blur; artifacts re-projected through each space, cached in WS/robust)")
+    t.add_argument("--robust-copies", type=int, default=1, help="perturbed copies of each image with --robust (default 1)")
+    t.add_argument("--robust-p", type=float, default=None,
+                   help="probability of each perturbation with --robust (default 0.5, as Wang et al. 2020)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--quiet", "-q", action="store_true", help="no per-epoch lines")
     t.add_argument("--export", type=Path, default=None,
                    help="then copy the trained attributors to this folder, to ship with the dataset "
@@ -465,7 +492,14 @@ def _add_attribution_commands(sub) -> None:
     a = sub.add_parser("attribute", help="which model made these images (files, folders, zip archives)?")
     a.add_argument("workspace", type=Path)
     a.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="an image, a folder or a zip archive")
-    a.add_argument("--json", action="store_true", help="print JSON: {results: [...], errors: [...]}")
+    a.add_argument("--json", action="store_true",
+                   help="print JSON (schema manifpt-attribute/2, docs/attribution.md): {schema, report, results, errors[, set]}")
+    a.add_argument("--as-set", action="store_true",
+                   help="the images come from one source: add the set's verdict (at least 5 images), from a two-sample "
+                        "comparison of the set with each known model")
+    a.add_argument("--csv", type=Path, default=None, metavar="FILE",
+                   help="also write the report as CSV: one row per image (file, sha256, verdict, model, p...), "
+                        "the set's verdict and the thresholds in header comments")
     a.add_argument("--top", type=int, default=3, help="most probable models listed per image (default 3)")
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda when present")
     a.add_argument("--max-decoded-mb", type=float, default=None,
@@ -505,6 +539,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                             lodo_folds=bench.LODO_FOLDS if args.lodo_folds is None else args.lodo_folds,
                             openset_groups=bench.OPENSET_GROUPS if args.openset_groups is None else args.openset_groups,
                             device=args.device, train_per_model=args.train_per_model, max_epochs=args.max_epochs,
+                            robust=args.robust, robust_copies=args.robust_copies,
+                            **({} if args.robust_p is None else {"robust_p": args.robust_p}),
                             progress=_PartProgress(args.quiet))
     except KeyboardInterrupt:
         print(f"interrupted: finished parts are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
@@ -512,6 +548,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for name, why in {**results["skipped_methods"], **results["skipped_protocols"]}.items():
         print(f"warning: {name} not run: {why}", file=sys.stderr)
     print(bench_report.markdown(results["summary"]), end="")
+    b = results["budget"]  # on stderr: stdout is the table, the same on a rerun
+    print(f"CPU budget: {b['threads']} torch thread(s) on {b['cpu']}; this run {b['run_seconds']:.0f} s "
+          f"({b['computed_parts']} parts computed, {b['reused_parts']} reused); seconds per method as computed: "
+          + ", ".join(f"{m} {v:.0f}" for m, v in b["method_seconds"].items()), file=sys.stderr)
     print(f"\nsplit seed {bench.SPLIT_SEED} (fixed), training seeds {args.seeds}; notes and every number: "
           f"{args.out / 'results.md'}, results.json, results.csv")
     return 0
@@ -539,6 +579,11 @@ def _add_bench_command(sub) -> None:
     b.add_argument("--max-epochs", type=int, default=0,
                    help="cap the epochs of every epoch-trained method alike (default 0 = each method's default)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    b.add_argument("--robust", action="store_true",
+                   help="train every method on clean + perturbed copies of its training and validation images (the "
+                        "recipe of `manifpt train --robust`; ManiFPT on re-projected artifacts, cached in the workspace)")
+    b.add_argument("--robust-copies", type=int, default=1, help="perturbed copies per image with --robust (default 1)")
+    b.add_argument("--robust-p", type=float, default=None, help="probability of each perturbation with --robust (default 0.5)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-part lines")
     b.set_defaults(run=_cmd_bench)
 

@@ -221,7 +221,7 @@ def test_uploads_are_attributed_and_each_bad_file_is_named_with_its_reason(monke
     # the colour, off-size image is flagged; the in-domain ones are not
     assert len(at.warning) == 1 and "colour image of 40×30 pixels" in at.warning[0].value
     assert "may not mean much" in at.warning[0].value
-    assert any(c.value.startswith("Open-set score") and "threshold" in c.value for c in at.caption)
+    assert any("p(real)" in c.value and "open-set score" in c.value and "threshold" in c.value for c in at.caption)
     # a top-models chart per card, the batch chart; no map (the workspace has no analysis)
     figs = charts(at)
     tops = [f for f in figs if "top models" in f["layout"].get("title", {}).get("text", "")]
@@ -323,7 +323,12 @@ def test_benchmark_shows_the_table_charts_and_a_reading_of_the_real_results(monk
     assert table.loc["Durall20", "a accuracy"].startswith(f"{closed.loc['Durall20', 'mean']:.2f} ± ")
     assert table.loc["chance", "a accuracy"] == f"{1 / 4:.2f}"  # three models and real
     figs = charts(at)
-    assert [f["layout"]["title"]["text"] for f in figs] == [fat.PROTOCOLS[p] for p in fat.PROTOCOLS if p != "twins"]
+    titles = [f["layout"]["title"]["text"] for f in figs]
+    assert titles[:-1] == [fat.PROTOCOLS[p] for p in fat.PROTOCOLS if p != "twins"]
+    # the calibration of the trained attributor: ECE before and after temperature scaling, its reliability diagram
+    assert titles[-1] == "rgb: reliability after scaling"
+    ece = at.dataframe[-1].value
+    assert list(ece["attributor"]) == ["rgb"] and ece["ECE after"].iloc[0] <= ece["ECE before"].iloc[0] + 0.02
     # the reading names the method that really leads the closed set (nothing hard-coded)
     reading = at.markdown[[m.value for m in at.markdown].index("**What the numbers say**") + 1].value
     assert f"**a · closed set** (accuracy): best **{closed['mean'].idxmax()}**" in reading
@@ -372,9 +377,11 @@ def test_attribute_files_caps_the_batch_and_reads_zip_members(attr_root):
     card = out["1"].cards[0]
     assert card.converted.shape == (1, 16, 16) and card.domain_gap is None and card.result.status == "ok"
     assert len(card.result.top) == 4 and card.result.verdict in fat.VERDICTS
-    table = sa.results_table(out["1"].cards, attributor.rule.threshold)
+    table = sa.results_table(out["1"].cards, attributor.decision)
     assert list(table["file"]) == ["a.zip/m0.png", "a.zip/m1.png"]
-    assert {"verdict", "model", "p_model", "family", "p_family", "open_set_score", "threshold", "nearest_real_rgb"} <= set(table.columns)
+    assert {"sha256", "verdict", "attributed", "model", "p_model", "family", "p_family", "p_real", "real_threshold",
+            "open_set_score", "threshold", "nearest_real_rgb"} <= set(table.columns)
+    assert table["sha256"].str.len().eq(64).all()
 
 
 def test_domain_gap_flags_colour_and_size_but_not_grey_stored_as_rgb():
@@ -466,7 +473,7 @@ def test_bench_figure_has_a_bar_per_method_error_bars_and_chance():
 
     bars = [t for t in fig["data"] if t["type"] == "bar"]
     assert [t["name"] for t in bars] == ["Yu19", "manifpt-rgb"]
-    assert list(bars[1]["x"]) == ["clean", "JPEG 75", "down ×2"] and list(bars[1]["y"]) == [0.9, 0.5, 0.3]
+    assert list(bars[1]["x"]) == ["clean", "JPEG 75", "resize 0.5"] and list(bars[1]["y"]) == [0.9, 0.5, 0.3]
     assert list(bars[1]["error_y"]["array"]) == [0.02, 0.04, 0.0]
     assert len(fig["layout"]["shapes"]) == 3 and all(s["y0"] == 0.25 for s in fig["layout"]["shapes"])
     assert bars[1]["marker"]["color"] in fat.MANIFPT_COLORS and bars[0]["marker"]["color"] in fat.BASELINE_COLORS
@@ -486,10 +493,26 @@ def test_top_models_and_batch_figures():
     assert fat.verdict_counts(table) == {"known": 2, "unknown": 1, "real": 0}
 
 
-def test_verdict_line_explains_the_score_against_the_threshold():
-    assert fat.verdict_line("unknown", 900, 300, "a").startswith("Open-set score 900 > threshold 300")
-    assert "looks real" in fat.verdict_line("real", 10, 300, "real")
-    assert "a is the most probable" in fat.verdict_line("known", 10, 300, "a")
+def _answer(verdict: str, model: str | None = "a", p_real: float = 0.1, score: float = 10.0):
+    from fingerprint_core.attribution.predict import Result
+
+    return Result(file="x.png", status="ok", top=[{"model": model or "b", "p": 0.9}], design={}, verdict=verdict,
+                  model=model if verdict == "known" else None, p_real=p_real, open_set_score=score, nearest_real={})
+
+
+def _decision(real_threshold: float = 0.6, threshold: float = 300.0):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(real_threshold=real_threshold, measured={"val_real_kept": 0.97},
+                           unknown=SimpleNamespace(threshold=threshold, kind="mahalanobis", accept=0.95))
+
+
+def test_verdict_line_explains_the_decisions_in_order():
+    d = _decision()
+    assert "open-set score 900 vs threshold 300" in fat.verdict_line(_answer("unknown", score=900), d)
+    assert fat.verdict_line(_answer("real", p_real=0.99), d).startswith("p(real) 0.990 vs threshold 0.6")
+    assert "looks real" in fat.verdict_line(_answer("real", p_real=0.99), d)
+    assert "a is the most probable" in fat.verdict_line(_answer("known"), d)
 
 
 def test_tiles_keep_pixels_crisp_and_centre_the_artifact_on_white():
@@ -498,3 +521,21 @@ def test_tiles_keep_pixels_crisp_and_centre_the_artifact_on_white():
     assert tile.shape == (16, 16) and (tile[:4, :4] == 0).all() and tile[0, 4] == 1
     art, half = fat.artifact_tile(img, img)  # no difference: white everywhere
     assert art.min() > 230 and half == 1.0
+
+
+def set_boxes(at: AppTest) -> list[str]:
+    return [b.value for kind in (at.success, at.warning, at.info) for b in kind if "Set verdict" in b.value]
+
+
+def test_one_source_toggle_shows_the_set_verdict(monkeypatch, attr_root):
+    at = open_page(monkeypatch, attr_root, "page_attribute.py")
+    upload(at, {f"gan{i}.png": sample_png(attr_root, "toy_gan", i) for i in range(8)})
+    assert not set_boxes(at)
+    at.toggle(key="attr_as_set").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    boxes = set_boxes(at)
+    assert len(boxes) == 1 and "8 images" in boxes[0] and "thresholds of sets of 5" in boxes[0]
+    assert "known: **toy\\_gan**" in boxes[0] or "toy_gan" in boxes[0]
+    assert any(c.value.startswith("By set size (first n images): 5:") for c in at.caption)
+    upload(at, {"one.png": sample_png(attr_root, "toy_gan", 0)})  # too few for a set: said, not an error
+    assert any("No set verdict" in i.value and "at least 5 images" in i.value for i in at.info)

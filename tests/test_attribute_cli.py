@@ -3,6 +3,7 @@ sees for every kind of bad input (each named, while the good files of the same c
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -117,16 +118,19 @@ def test_json_follows_the_contract(ws, inputs, capsys):
     code, out, _ = run(capsys, "attribute", ws, inputs / "good.png", "--json", "--top", "2")
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"results", "errors"} and doc["errors"] == []
+    assert set(doc) == {"schema", "report", "results", "errors"} and doc["errors"] == []
+    assert doc["schema"] == "manifpt-attribute/2" and doc["report"]["attributor"]["kind"] == "rgb"
     [r] = doc["results"]
-    assert set(r) == {"file", "status", "top", "design", "verdict", "open_set_score", "nearest_real"}
+    assert set(r) == {"file", "status", "top", "design", "verdict", "model", "p_real", "open_set_score", "nearest_real", "sha256"}
+    assert r["sha256"] == hashlib.sha256((inputs / "good.png").read_bytes()).hexdigest()
     assert r["file"] == str(inputs / "good.png") and r["status"] == "ok"
     assert len(r["top"]) == 2 and all(set(t) == {"model", "p"} for t in r["top"])
     assert r["top"][0]["model"] == "toy_checker" and r["top"][0]["p"] >= r["top"][1]["p"]
     assert set(r["design"]) == {"family", "upsampling", "loss", "normalization"}
     assert r["design"]["upsampling"] == {"value": "transposed_conv", "p": pytest.approx(r["design"]["upsampling"]["p"])}
     assert all(set(v) == {"value", "p"} and 0 <= v["p"] <= 1 for v in r["design"].values())
-    assert r["verdict"] == "known" and isinstance(r["open_set_score"], float)
+    assert r["verdict"] == "known" and r["model"] == "toy_checker" and isinstance(r["open_set_score"], float)
+    assert 0 <= r["p_real"] <= 1
     assert set(r["nearest_real"]) == {"rgb"} and isinstance(r["nearest_real"]["rgb"], int)
 
 

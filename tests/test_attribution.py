@@ -237,10 +237,10 @@ def test_training_a_toy_workspace_learns_and_is_stored(toy_ws):
     assert train.product_kind(ws) == model["val"].idxmax()
     entry = train.stored(ws)["rgb"]
     assert sorted(p.name for p in (toy_ws / entry["dir"]).iterdir()) == [
-        ".manifpt-entry", "config.json", "openset.json", "openset.safetensors", "test.parquet", "weights.safetensors"]
+        ".manifpt-entry", "config.json", "test.parquet", "weights.safetensors"]
     split = pd.read_parquet(toy_ws / ws.manifest["attribution"]["split"])
     assert set(split["part"]) == {"train", "val", "test"} and len(split) == sum(ws.n_images(m) for m in ws.model_names(include_real=True))
-    assert 0.85 <= entry["open_set"]["test_accepted"] <= 1.0
+    assert "open_set" not in entry  # the verdict's thresholds are decision.py's, fitted from the workspace
 
 
 def test_retraining_reuses_the_stored_attributor_and_commits_keep_it(toy_ws):
@@ -272,10 +272,12 @@ def test_a_planted_unknown_model_is_called_unknown(toy_ws):
         return np.array([a["open_set_score"] for a in answers])
 
     assert openset.auroc(scores(known), scores(unknown)) > 0.9
-    # the threshold accepts 95% of the (18) known validation samples, so it sits high: half of the
-    # planted model is called unknown, and none of a known one
+    # the threshold accepts 95% of the (few) generated validation samples of known models: about half of
+    # the planted model is called unknown (none of it known), and at most a few of a known one
     assert np.mean([a["verdict"] == "unknown" for a in unknown]) >= 0.4
-    assert all(a["verdict"] == "known" and a["top"][0]["model"] == "toy_checker" for a in known)
+    assert not any(a["verdict"] == "known" for a in unknown)
+    assert np.mean([a["verdict"] == "known" for a in known]) >= 0.9
+    assert all(a["top"][0]["model"] == "toy_checker" for a in known)
 
 
 def test_the_attributor_is_built_once_per_workspace(toy_ws):

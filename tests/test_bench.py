@@ -193,3 +193,20 @@ def test_budget_knobs_subsample_training_rows_and_cap_epochs_for_every_method(be
     assert len(b.part["train"]) == 10 * len(bench_ws.model_names(include_real=True))
     assert b._key("Durall20", "closed", 0) != bench.Bench(bench_ws, "/nonexistent", tiny_methods(),
                                                            settings=bench.Settings(device="cpu"))._key("Durall20", "closed", 0)
+
+
+def test_the_robustness_columns_and_the_robust_setting_in_the_keys(bench_ws):
+    from fingerprint_core.attribution import bench_report
+
+    summary = [{"method": "Durall20", "protocol": "robust", "metric": p, "mean": 0.5, "std": 0.0, "n": 1, "over": "seeds"}
+               for p in bench.PERTURBATIONS]
+    header = bench_report.markdown(summary).splitlines()[0]
+    assert header == "| method | c JPEG 50 | c JPEG 75 | c JPEG 90 | c resize 0.5 | c noise 2/255 |"
+    clean = bench.Bench(bench_ws, "/nonexistent", tiny_methods(), settings=bench.Settings(device="cpu"))
+    robust = bench.Bench(bench_ws, "/nonexistent", tiny_methods(), settings=bench.Settings(device="cpu", robust=True))
+    assert clean.settings.robust_training() is None
+    assert robust.settings.robust_training()["copies"] == 1
+    for proto in ("closed", "robust", "lodo"):
+        assert clean._key("Durall20", proto, 0) != robust._key("Durall20", proto, 0)
+    with pytest.raises(ValueError, match="robust_copies=0"):
+        bench.Bench(bench_ws, "/nonexistent", tiny_methods(), settings=bench.Settings(robust=True, robust_copies=0))

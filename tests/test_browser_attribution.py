@@ -53,7 +53,7 @@ def test_dropped_files_come_back_as_prediction_cards(app_server: str, browser_pa
     error = page.get_by_test_id("stAlertContentError")
     assert error.count() == 1 and "letter.png: not an image" in error.inner_text()
     text = main.inner_text()
-    assert "Open-set score" in text and "Design choices" in text and "upsampling:" in text
+    assert "open-set score" in text and "p(real)" in text and "Design choices" in text and "upsampling:" in text
     # a top-models chart per card, plus the batch chart
     top_charts = [c for c in page.get_by_test_id("stPlotlyChart").all() if "top models" in c.inner_text()]
     assert len(top_charts) == 2

@@ -146,7 +146,10 @@ def test_figure_builders_escape_every_name():
 
 def test_readings_and_verdict_lines_escape_names():
     lines = fa.design_reading({"rgb": {COLUMN: 0.9, "loss": 0.1}}, {}, {"rgb": {COLUMN: 0.5}})
-    lines.append(fat.verdict_line("unknown", 900, 300, MODEL))
+    from test_app_attribution import _answer, _decision
+
+    lines.append(fat.verdict_line(_answer("unknown", model=MODEL, score=900), _decision()))
+    lines.append(fat.verdict_line(_answer("known", model=MODEL), _decision()))
     summary = pd.DataFrame([{"method": m, "protocol": "closed", "metric": "accuracy", "mean": v, "std": 0.0, "n": 1,
                              "over": "seeds"} for m, v in ((MODEL, 0.9), ("manifpt-rgb", 0.5))])
     lines += fat.bench_reading(summary)

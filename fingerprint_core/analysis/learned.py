@@ -250,10 +250,8 @@ def lodo_fold(ws: Workspace, space: str, s: LearnedSettings, design: str, held: 
     feats = features_of(ws, method, test)
     names = test["model"].to_numpy().astype(str)
     seen = np.isin(names, train_models)
-    z = model_level.standardise(feats, seen)
-    centres = np.stack([z[names == m].mean(0) for m in train_models])
-    out_z = z[~seen]
-    nearest = np.asarray(train_models)[((out_z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)] if len(out_z) else []
+    out_z = feats[~seen]
+    nearest = nearest_models(feats[seen], names[seen], train_models, out_z)
     t = table.astype(str).set_index("model")
     result = {"design": design, "models": list(held), "n": int(len(out_z)), "factors": {}}
     for factor in protocol.factors(table):
@@ -265,6 +263,49 @@ def lodo_fold(ws: Workspace, space: str, s: LearnedSettings, design: str, held: 
                                      "predicted": str(values[np.argmax(votes)]) if len(values) else None,
                                      "chance": h.chance, "unseen": h.unseen, "learnable": h.learnable}
     return result
+
+
+def nearest_models(ref: np.ndarray, ref_names: np.ndarray, models: list[str], query: np.ndarray) -> np.ndarray:
+    """The rule of leave-one-design-out: standardise on the training models' samples (ref), give each
+    query row the training model whose class mean is nearest (Euclidean)."""
+    if not len(query):
+        return np.array([], dtype=str)
+    fit = np.r_[np.ones(len(ref), bool), np.zeros(len(query), bool)]
+    z = model_level.standardise(np.concatenate([ref, query]), fit)
+    z_ref, z_query = z[: len(ref)], z[len(ref):]
+    centres = np.stack([z_ref[ref_names == m].mean(0) for m in models])
+    return np.asarray(models)[((z_query[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)]
+
+
+def unknown_source_design(ws: Workspace, arts: dict[str, np.ndarray], s: LearnedSettings = LearnedSettings()) -> dict:
+    """Design choices for a set from an unknown source, by the leave-one-design-out rule: the majority
+    of the nearest known models at the learned level; each factor's p is that rule's measured
+    reliability (the share of held-out designs whose majority was right, from `--lodo-learned`)."""
+    from fingerprint_core.attribution.method import Inputs
+
+    summary = lodo_summary(ws)
+    for space in [x for x in summary if x in arts]:
+        record = current(ws, space, s)
+        if record is None:
+            continue
+        ref, rows = load(ws, record)
+        names = rows["model"].to_numpy().astype(str)
+        known = [m for m in models_of(ws) if m != split_mod.REAL]
+        keep = np.isin(names, known)
+        query = attributor(ws, record).features(Inputs(None, {space: arts[space]}))
+        nearest = nearest_models(ref[keep], names[keep], known, query)
+        values, votes = np.unique(nearest, return_counts=True)
+        model = str(values[np.argmax(votes)])
+        table = ws.design().astype(str).set_index("model")
+        out = {}
+        for factor, m in summary[space].items():
+            if factor in table.columns:
+                right = sum(f["predicted"] == f["truth"] for f in m["folds"])
+                out[factor] = {"value": table.loc[model, factor], "p": round(m["vote_accuracy"], 4),
+                               "nearest_model": model, "space": space,
+                               "reliability": f"majority right for {right} of {len(m['folds'])} held-out designs"}
+        return out
+    return {}
 
 
 def lodo(ws: Workspace, space: str, s: LearnedSettings = LearnedSettings(), *, device: str = "auto",

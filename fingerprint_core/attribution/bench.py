@@ -7,9 +7,9 @@ augmentation):
     a closed   model-head accuracy on the test split, per seed
     b twins    models whose design was trained with several seeds: train on them only, tell each
                test sample's twins apart (chance 1 / twins), per seed
-    c robust   the closed-set models on test images after JPEG 75, a x2 bilinear down-and-up scale,
-               Gaussian noise sigma 2/255; ManiFPT's artifacts are recomputed from the perturbed
-               images (embedded, projected on the manifold again), per seed
+    c robust   the closed-set models on test images after JPEG 50 / 75 / 90, resizing by 0.5 and
+               back (bilinear), Gaussian noise sigma 2/255; ManiFPT's artifacts are recomputed from
+               the perturbed images (embedded, projected on the manifold again), per seed
     d lodo     leave one design out (all its seeds): design heads trained on the rest predict the
                held-out models' design choices, per factor vs protocol.chance (the better of the
                majority level and the frequency guess, per training design: the Design page's);
@@ -31,12 +31,19 @@ Layout of the output folder (everything JSON or safetensors/npz; nothing pickled
 
 A part is reused when its key (workspace content, method settings, protocol settings) matches; a
 changed workspace or setting recomputes only what it changes.
+
+Robust training (Settings.robust, `manifpt bench --robust`): every fit sees the clean training and
+validation rows plus `robust_copies` perturbed copies of them (robustness.augment, the recipe of
+`manifpt train --robust`): the image-based baselines the perturbed images, ManiFPT the artifacts of
+the perturbed images re-projected through each space and its exact manifold (the workspace's banks,
+robustness.banks, shared with `manifpt train --robust`). The robust setting is part of every key.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -46,8 +53,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fingerprint_core import protocol
-from fingerprint_core.attribution import baselines, openset
+from fingerprint_core import devices, protocol
+from fingerprint_core.attribution import baselines, openset, robustness
 from fingerprint_core.attribution import split as split_mod
 from fingerprint_core.attribution.bench_report import (
     PROTOCOLS,
@@ -59,7 +66,14 @@ from fingerprint_core.attribution.bench_report import (
     write_results,
 )
 from fingerprint_core.attribution.method import Inputs, Method
-from fingerprint_core.attribution.robustness import JPEG_QUALITY, NOISE_SIGMA, PERTURBATIONS, Reprojector, perturb
+from fingerprint_core.attribution.robustness import (
+    JPEG_QUALITIES,
+    JPEG_QUALITY,
+    NOISE_SIGMA,
+    PERTURBATIONS,
+    Reprojector,
+    perturb,
+)
 from fingerprint_core.fsio import atomic_write
 from fingerprint_core.pipeline import Progress
 from fingerprint_core.workspace import Workspace, key_of
@@ -202,6 +216,15 @@ class Settings:
     device: str = "auto"
     train_per_model: int = 0  # > 0: a seeded subset of each model's training split (CPU budgets); 0 = all of it
     max_epochs: int = 0  # > 0: caps the epochs of every epoch-trained method alike
+    robust: bool = False  # train every method on clean + perturbed copies (robustness.augment)
+    robust_copies: int = 1
+    robust_p: float = robustness.P
+
+    def robust_training(self) -> dict | None:
+        """The robust-training setting as data (None when off): part of every part's key."""
+        if not self.robust:
+            return None
+        return {"recipe": robustness.recipe(self.robust_p), "copies": int(self.robust_copies)}
 
 
 class Bench:
@@ -239,6 +262,14 @@ class Bench:
         self._perturbed: dict[tuple[str, str], np.ndarray] = {}
         self._models: dict[tuple[str, int], Method] = {}
         self._reprojector = Reprojector(ws, device=self.settings.device)
+        if self.settings.robust and (self.settings.robust_copies < 1 or not 0 < self.settings.robust_p <= 1):
+            raise ValueError(f"robust_copies={self.settings.robust_copies} must be >= 1 and "
+                             f"robust_p={self.settings.robust_p} in (0, 1]")
+        # the rows every fit draws from (train + val); their perturbed copies are made once, on first need
+        self._fit_rows = np.flatnonzero(np.isin(self.table["part"].to_numpy(), ("train", "val")))
+        self._fit_pos = np.full(len(self.table), -1, np.int64)
+        self._fit_pos[self._fit_rows] = np.arange(len(self._fit_rows))
+        self._robust: dict[tuple[str, int], np.ndarray] = {}  # (images | space, copy) -> arrays of the fit rows
         self.lodo_plan = self._lodo_plan()
         self.openset_plan = self._openset_plan()
 
@@ -267,6 +298,28 @@ class Bench:
         return Inputs(images if "images" in needs else None,
                       {s: self._perturbed[(kind, s)] for s in needs if s != "images"})
 
+    def robust_inputs(self, needs: tuple[str, ...], rows: np.ndarray) -> list[Inputs]:
+        """Per perturbed copy, the rows (train or val positions in the split table) of what a method
+        needs after robustness.augment (seed = copy, ids = rows): images, or artifacts re-projected."""
+        pos = self._fit_pos[rows]
+        if (pos < 0).any():
+            raise ValueError("robust copies exist only for training and validation rows")
+        s = self.settings
+        for c in range(s.robust_copies):
+            if "images" in needs and ("images", c) not in self._robust:
+                images = self.inputs(("images",), self._fit_rows).images
+                self._robust[("images", c)] = robustness.augment(images, c, ids=self._fit_rows, p=s.robust_p)
+        for space in needs:
+            if space != "images" and (space, 0) not in self._robust:
+                self.progress.log(f"perturbed {space} banks: {s.robust_copies} copies of {len(self._fit_rows)} images")
+                made = robustness.banks(self.ws, self.table, self._fit_rows, space, s.robust_copies, p=s.robust_p,
+                                        reprojector=self._reprojector, log=self.progress.log)
+                for c, arts in enumerate(made):
+                    self._robust[(space, c)] = arts
+        return [Inputs(self._robust[("images", c)][pos] if "images" in needs else None,
+                       {sp: self._robust[(sp, c)][pos] for sp in needs if sp != "images"})
+                for c in range(s.robust_copies)]
+
     def targets(self, rows: np.ndarray, classes: dict[str, list[str]]) -> dict[str, np.ndarray]:
         return split_mod.targets(self.ws, self.table.iloc[rows], classes)
 
@@ -278,10 +331,15 @@ class Bench:
 
     # -- parts ---------------------------------------------------------------------------------
     def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
-        extra = {"lodo": [LODO_VERSION, self.lodo_plan], "openset": [(f.calibration, f.test) for f in self.openset_plan],
-                 "robust": [PERTURBATIONS, JPEG_QUALITY, NOISE_SIGMA]}.get(protocol)
-        return key_of(VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
-                      protocol, seed, fold, extra)
+        extra = {"lodo": [LODO_VERSION, self.lodo_plan],
+                 "openset": [[(f.calibration, f.test) for f in self.openset_plan], openset.SCORES],
+                 "robust": [PERTURBATIONS, JPEG_QUALITIES, NOISE_SIGMA]}.get(protocol)
+        parts = [VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
+                 protocol, seed, fold, extra]
+        robust = self.settings.robust_training()
+        if robust is not None:  # appended only when on: the keys of clean runs stay as they were
+            parts.append({"robust_training": robust})
+        return key_of(*parts)
 
     def _path(self, name: str, protocol: str, seed: int, fold: int | None = None) -> Path:
         base = self.out / "parts" / name
@@ -322,9 +380,14 @@ class Bench:
     # -- fitting -------------------------------------------------------------------------------
     def _fit(self, name: str, seed: int, classes: dict[str, list[str]], train: np.ndarray, val: np.ndarray) -> Method:
         method = self.factories[name]()
-        method.fit(self.inputs(method.needs, train), self.targets(train, classes),
-                   self.inputs(method.needs, val), self.targets(val, classes),
-                   classes=classes, seed=seed, device=self.settings.device)
+        xs, ys = self.inputs(method.needs, train), self.targets(train, classes)
+        xv, yv = self.inputs(method.needs, val), self.targets(val, classes)
+        if self.settings.robust:  # clean rows first, then each perturbed copy with the same targets
+            xs = _stack([xs, *self.robust_inputs(method.needs, train)])
+            xv = _stack([xv, *self.robust_inputs(method.needs, val)])
+            k = 1 + self.settings.robust_copies
+            ys, yv = ({h: np.concatenate([t] * k) for h, t in y.items()} for y in (ys, yv))
+        method.fit(xs, ys, xv, yv, classes=classes, seed=seed, device=self.settings.device)
         return method
 
     def _model_dir(self, name: str, seed: int) -> Path:
@@ -496,6 +559,7 @@ class Bench:
         s = self.settings
         self.out.mkdir(parents=True, exist_ok=True)
         self.computed = self.reused = 0
+        self._t0 = time.perf_counter()
         per_method = 4 * len(s.seeds) + max(1, len(self.lodo_plan)) + max(1, len(self.openset_plan))
         self._bar = self.progress.task("bench", per_method * len(self.factories))
         parts: dict[str, dict] = {}
@@ -528,11 +592,13 @@ class Bench:
             "settings": {"split_seed": SPLIT_SEED, "training_seeds": list(s.seeds), "lodo_folds": s.lodo_folds,
                          "openset_groups": s.openset_groups, "device": s.device, "perturbations": list(PERTURBATIONS),
                          "jpeg_quality": JPEG_QUALITY, "noise_sigma_codes": NOISE_SIGMA, "openset_score": SCORE,
-                         "train_per_model": s.train_per_model, "max_epochs": s.max_epochs},
+                         "jpeg_qualities": JPEG_QUALITIES, "train_per_model": s.train_per_model,
+                         "max_epochs": s.max_epochs, "robust_training": s.robust_training()},
             "plans": {"lodo": self.lodo_plan, "openset": [{"calibration": list(f.calibration), "test": list(f.test)}
                                                            for f in self.openset_plan],
                       "twins": protocol.twin_groups(self.design, self.generated)},
-            "notes": notes(s, len(self.lodo_plan), len(self.openset_plan)),
+            "budget": (budget := self.budget(parts)),
+            "notes": notes(s, len(self.lodo_plan), len(self.openset_plan), budget),
             "methods": {n: identity(f()) for n, f in self.factories.items()},
             "skipped_methods": self.skipped,
             "skipped_protocols": {proto: r["skipped"] for p in parts.values() for proto, by in p.items()
@@ -542,8 +608,33 @@ class Bench:
         }
 
 
-def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
+    def budget(self, parts: dict[str, dict]) -> dict:
+        """The CPU budget: torch threads, the CPU, this run's wall seconds, and the seconds each method's
+        parts took when computed (reused parts count what they took then)."""
+        import torch
+
+        def seconds(r) -> float:
+            return float(r.get("seconds", 0.0)) + sum(seconds(f) for f in r.get("folds", []) if isinstance(f, dict))
+
+        per_method = {m: round(sum(seconds(r) for by in p.values() for r in by.values() if isinstance(r, dict)), 1)
+                      for m, p in parts.items()}
+        return {"threads": torch.get_num_threads(), "cpu": devices.cpu_name(), "device": self.settings.device,
+                "load_average": [round(v, 2) for v in os.getloadavg()],
+                "run_seconds": round(time.perf_counter() - getattr(self, "_t0", time.perf_counter()), 1),
+                "computed_parts": getattr(self, "computed", 0), "reused_parts": getattr(self, "reused", 0),
+                "method_seconds": per_method}
+
+
+def _stack(inputs: list[Inputs]) -> Inputs:
+    """The rows of several Inputs one after the other."""
+    images = [x.images for x in inputs]
+    return Inputs(None if images[0] is None else np.concatenate(images),
+                  {s: np.concatenate([x.artifacts[s] for x in inputs]) for s in inputs[0].artifacts})
+
+
+def notes(s: Settings, n_lodo: int, n_openset: int, budget: dict | None = None) -> list[str]:
     seeds = ",".join(map(str, s.seeds))
+    robust = s.robust_training()
     return [
         f"Split fixed at seed {SPLIT_SEED} (70/10/20 per model); training seeds {seeds} change init, batch order, augmentation.",
         ("Training rows: all of each model's 70%." if s.train_per_model <= 0 else
@@ -554,7 +645,12 @@ def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
         f"a, b, c, f: mean ± std over training seeds {seeds}; d, e: first seed only, mean ± std over folds.",
         "a closed: model-head test accuracy (the held-out real images are one class).",
         "b twins: models of one design trained with several seeds; each sample chooses among its own twins.",
-        f"c robust: closed-set models on test images after JPEG {JPEG_QUALITY}, x2 bilinear down-up, noise sigma "
+        ("Training: clean rows only." if robust is None else
+         f"Training: robust, every method on the clean training and validation rows plus {s.robust_copies} perturbed "
+         f"cop{'y' if s.robust_copies == 1 else 'ies'} (each with p {s.robust_p:g}: JPEG quality 50-100, resize 0.5-1 and "
+         "back, noise sigma 0-3/255, blur sigma 0-1 px); ManiFPT on the re-projected artifacts of the perturbed images."),
+        f"c robust: closed-set models on test images after JPEG {', '.join(str(q) for q in JPEG_QUALITIES.values())} "
+        f"(headline {JPEG_QUALITY}), resize 0.5 (antialiased bilinear down, bilinear back), noise sigma "
         f"{NOISE_SIGMA:g}/255; ManiFPT's artifacts recomputed from the perturbed images.",
         f"d lodo: {n_lodo} held-out design(s) (seeded choice, --lodo-folds {s.lodo_folds}); per factor, held-out sample accuracy; "
         "chance = the better of two guesses that ignore the fingerprints, counted per training design: always the "
@@ -563,12 +659,17 @@ def notes(s: Settings, n_lodo: int, n_openset: int) -> list[str]:
         f"e openset: {n_openset} folds of whole models held out; threshold by Youden's J on one group, TPR/FPR on the next; "
         f"{SCORE} score on each method's features (energy on logits in results.json).",
         "f fisher: trace(S_between) / trace(S_within) of the features on the test split, model labels.",
-    ]
+    ] + ([] if budget is None else [
+        f"CPU budget: {budget['threads']} torch thread(s) on {budget['cpu']} (device {budget['device']}, load average "
+        f"{' '.join(f'{v:.2f}' for v in budget['load_average'])}); this run {budget['run_seconds']:.0f} s "
+        f"({budget['computed_parts']} parts computed, {budget['reused_parts']} reused); seconds per method, as computed: "
+        + ", ".join(f"{m} {v:.0f}" for m, v in budget["method_seconds"].items()) + "."])
 
 
 def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factory] | None = None,
         seeds: tuple[int, ...] = SEEDS, lodo_folds: int = LODO_FOLDS, openset_groups: int = OPENSET_GROUPS,
-        device: str = "auto", train_per_model: int = 0, max_epochs: int = 0, progress: Progress | None = None) -> dict:
+        device: str = "auto", train_per_model: int = 0, max_epochs: int = 0, robust: bool = False,
+        robust_copies: int = 1, robust_p: float = robustness.P, progress: Progress | None = None) -> dict:
     """Run (or resume) the benchmark of a workspace into out; returns the results document.
 
     methods: names (default: every baseline and ManiFPT kind the workspace allows) or a dict of
@@ -581,5 +682,5 @@ def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factor
     if not factories:
         raise ValueError("no method can run on this workspace: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     settings = Settings(tuple(int(s) for s in seeds), int(lodo_folds), int(openset_groups), device,
-                        int(train_per_model), int(max_epochs))
+                        int(train_per_model), int(max_epochs), bool(robust), int(robust_copies), float(robust_p))
     return Bench(ws, out, factories, settings=settings, skipped=skipped, progress=progress).run()

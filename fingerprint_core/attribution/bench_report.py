@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fingerprint_core.attribution.robustness import PERTURBATIONS
+from fingerprint_core.attribution.robustness import LABELS, PERTURBATIONS
 from fingerprint_core.fsio import atomic_write
 
 PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher")
@@ -77,7 +77,7 @@ def summarise(parts: dict[str, dict], seeds: tuple[int, ...]) -> list[dict]:
 
 COLUMNS = [  # (protocol, metric, header)
     ("closed", "accuracy", "a closed acc"), ("twins", "accuracy", "b twins acc"),
-    ("robust", "jpeg75", "c JPEG 75"), ("robust", "down2", "c down x2"), ("robust", "noise2", "c noise 2/255"),
+    *(("robust", k, f"c {LABELS[k]}") for k in PERTURBATIONS),
     ("lodo", None, "d LODO"), ("openset", "auroc", "e AUROC"), ("openset", "tpr_calibrated", "e TPR"),
     ("openset", "fpr_calibrated", "e FPR"), ("fisher", "fdr", "f FDR"),
 ]

@@ -5,25 +5,27 @@ protocol the benchmark runs.
 Default score: Mahalanobis distance of the attributor's features to the nearest class mean under
 one shared (tied) covariance, fitted on the training features (Lee et al., NeurIPS 2018). It reads
 the features rather than the softmax, so a sample far from every class is caught even where the
-heads extrapolate with confidence. Energy (-logsumexp of the model-head logits; Liu et al., NeurIPS
-2020) is the alternative that needs no statistics.
+heads extrapolate with confidence. Alternatives compared on the held-out-models protocol: energy (-logsumexp of the model-head
+logits; Liu et al., NeurIPS 2020), the k-th nearest-neighbour distance of L2-normalised features to
+the training features (Sun et al., ICML 2022) and the maximum softmax probability (the baseline of
+Hendrycks and Gimpel, ICLR 2017), and their ensemble: the mean of the Mahalanobis, kNN and energy
+scores, each standardised by its validation mean and spread.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.covariance import ledoit_wolf
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fingerprint_core.protocol import heldout_model_folds
-
-SCORES = ("mahalanobis", "energy")
+SCORES = ("mahalanobis", "energy", "knn", "msp", "ensemble")
+ENSEMBLE = ("mahalanobis", "knn", "energy")  # each standardised on the validation scores, then averaged
+KNN_K = 10  # the k-th neighbour (Sun et al. use k = 50 on 50,000 training images; the demo has ~1,200 per class)
+KNN_BANK = 8000  # training features kept for the kNN score (a seeded subset)
 ACCEPT = 0.95  # share of known validation samples the product threshold accepts
 SHRINKAGE = 1e-3  # ridge on the shared covariance, relative to its mean variance (dead features stay invertible)
 STATS = "openset.safetensors"
@@ -62,6 +64,29 @@ def mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) 
     # (f - mu)' P (f - mu) = f'Pf - 2 f'P mu + mu'P mu, for every class at once: (N, K)
     d = np.einsum("nf,nf->n", fp, f)[:, None] - 2 * fp @ mu.T + np.einsum("kf,fg,kg->k", mu, precision, mu)[None, :]
     return np.maximum(d.min(1), 0.0)
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    f = np.asarray(features, dtype=np.float64)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def knn_distance(features: np.ndarray, bank: np.ndarray, k: int = KNN_K) -> np.ndarray:
+    """Per sample, the Euclidean distance of its L2-normalised features to the k-th nearest bank row (N,)."""
+    q = unit_rows(features)
+    out = np.empty(len(q))
+    k = min(k, len(bank))
+    for a in range(0, len(q), 2048):
+        d = np.maximum(2.0 - 2.0 * q[a:a + 2048] @ bank.T, 0.0)  # both sides have unit norm
+        out[a:a + 2048] = np.sqrt(np.partition(d, k - 1, axis=1)[:, k - 1])
+    return out
+
+
+def msp(logits: np.ndarray) -> np.ndarray:
+    """Minus the maximum softmax probability (N,): high when no class is probable."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(1, keepdims=True)
+    return -(1.0 / np.exp(z).sum(1))
 
 
 def energy(logits: np.ndarray) -> np.ndarray:
@@ -132,12 +157,27 @@ class OpenSet:
     accept: float
     means: np.ndarray | None = None  # K x F (mahalanobis)
     precision: np.ndarray | None = None  # F x F
+    bank: np.ndarray | None = None  # M x F unit rows (knn)
+    norm: list[float] | None = None  # ensemble: (mean, spread) of each ENSEMBLE score on validation samples
 
     def score(self, features: np.ndarray, model_logits: np.ndarray) -> np.ndarray:
         """(N,) open-set scores of samples (features and model-head logits from the attributor)."""
         if self.kind == "mahalanobis":
             return mahalanobis(features, self.means, self.precision)
+        if self.kind == "knn":
+            return knn_distance(features, self.bank)
+        if self.kind == "msp":
+            return msp(model_logits)
+        if self.kind == "ensemble":
+            return self._ensemble(features, model_logits)
         return energy(model_logits)
+
+    def _parts(self, features: np.ndarray, model_logits: np.ndarray) -> list[np.ndarray]:
+        return [mahalanobis(features, self.means, self.precision), knn_distance(features, self.bank), energy(model_logits)]
+
+    def _ensemble(self, features: np.ndarray, model_logits: np.ndarray) -> np.ndarray:
+        parts = self._parts(features, model_logits)
+        return np.mean([(x - self.norm[2 * i]) / self.norm[2 * i + 1] for i, x in enumerate(parts)], axis=0)
 
     def save(self, folder: Path) -> None:
         """openset.json (+ openset.safetensors with the class means and precision)."""
@@ -145,10 +185,12 @@ class OpenSet:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        if self.means is not None:
-            save_file({"means": np.ascontiguousarray(self.means), "precision": np.ascontiguousarray(self.precision)},
-                      str(folder / STATS))
-        (folder / CONFIG).write_text(json.dumps({"kind": self.kind, "threshold": self.threshold, "accept": self.accept}))
+        stats = {k: np.ascontiguousarray(v) for k, v in (("means", self.means), ("precision", self.precision),
+                                                          ("bank", self.bank)) if v is not None}
+        if stats:
+            save_file(stats, str(folder / STATS))
+        (folder / CONFIG).write_text(json.dumps({"kind": self.kind, "threshold": self.threshold, "accept": self.accept,
+                                                 "norm": self.norm}))
 
     @classmethod
     def load(cls, folder: Path) -> OpenSet:
@@ -157,7 +199,8 @@ class OpenSet:
         folder = Path(folder)
         cfg = json.loads((folder / CONFIG).read_text())
         stats = load_file(str(folder / STATS)) if (folder / STATS).is_file() else {}
-        return cls(cfg["kind"], float(cfg["threshold"]), float(cfg["accept"]), stats.get("means"), stats.get("precision"))
+        return cls(cfg["kind"], float(cfg["threshold"]), float(cfg["accept"]), stats.get("means"), stats.get("precision"),
+                   stats.get("bank"), cfg.get("norm"))
 
 
 def fit(kind: str, train_features: np.ndarray, train_labels: np.ndarray, n_classes: int,
@@ -165,10 +208,18 @@ def fit(kind: str, train_features: np.ndarray, train_labels: np.ndarray, n_class
     """Fit the score on training features, then the threshold that accepts `accept` of validation samples."""
     if kind not in SCORES:
         raise ValueError(f"open-set score {kind!r}: choose one of {', '.join(SCORES)}")
-    means = precision = None
-    if kind == "mahalanobis":
+    means = precision = bank = None
+    if kind in ("mahalanobis", "ensemble"):
         means, precision = fit_gaussians(train_features, train_labels, n_classes)
-    rule = OpenSet(kind, 0.0, accept, means, precision)
+    if kind in ("knn", "ensemble"):
+        keep = np.arange(len(train_features))
+        if len(keep) > KNN_BANK:
+            keep = np.sort(np.random.default_rng(0).choice(len(keep), KNN_BANK, replace=False))
+        bank = unit_rows(np.asarray(train_features)[keep]).astype(np.float32)
+    rule = OpenSet(kind, 0.0, accept, means, precision, bank)
+    if kind == "ensemble":
+        parts = rule._parts(val_features, val_logits)
+        rule.norm = [float(v) for x in parts for v in (np.mean(x), max(float(np.std(x)), 1e-12))]
     rule.threshold = threshold_for(rule.score(val_features, val_logits), accept)
     return rule
 
@@ -184,44 +235,3 @@ def evaluate_fold(known_val: np.ndarray, calibration_unknown: np.ndarray, known_
         r = rates(known_test, test_unknown, t)
         out[f"tpr_{name}"], out[f"fpr_{name}"], out[f"threshold_{name}"] = r["tpr"], r["fpr"], t
     return out
-
-
-def run_protocol(ws, make_method: Callable[[], object], *, n_groups: int = 5, seed: int = 0,
-                 device: str = "auto", kind: str = "mahalanobis", accept: float = ACCEPT,
-                 on_fold: Callable[[int, int], None] | None = None) -> pd.DataFrame:
-    """Per fold: train make_method() without the held-out models, score, and evaluate (one row per fold)."""
-    from fingerprint_core.attribution import split as split_mod
-
-    table = split_mod.workspace_split(ws, seed=seed)
-    cls_all = split_mod.classes(ws)
-    data = split_mod.load_inputs(ws, table, make_method().needs)
-
-    def scores_of(method, ix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(features, model-head logits) of the rows ix."""
-        x = data.take(ix)
-        return method.features(x), method.logits(x)["model"]
-
-    rows = []
-    all_folds = heldout_model_folds(ws.model_names(), n_groups=n_groups, seed=seed)
-    for i, fold in enumerate(all_folds):
-        if on_fold is not None:
-            on_fold(i, len(all_folds))
-        method = make_method()
-        cls = dict(cls_all, model=[m for m in cls_all["model"] if m not in fold.held_out])
-        known = ~table["model"].isin(fold.held_out)
-        part = {p: np.flatnonzero(known & (table["part"] == p)) for p in ("train", "val", "test")}
-        tgt = {p: split_mod.targets(ws, table.iloc[ix], cls) for p, ix in part.items()}
-        method.fit(data.take(part["train"]), tgt["train"], data.take(part["val"]), tgt["val"],
-                   classes=cls, seed=seed, device=device)
-        f_tr, _ = scores_of(method, part["train"])
-        f_va, z_va = scores_of(method, part["val"])
-        rule = fit(kind, f_tr, tgt["train"]["model"], len(cls["model"]), f_va, z_va, accept=accept)
-        s = {}
-        for name, ix in (("val", part["val"]), ("test", part["test"]),
-                         ("calibration", np.flatnonzero(table["model"].isin(fold.calibration))),
-                         ("unknown", np.flatnonzero(table["model"].isin(fold.test)))):
-            f, z = scores_of(method, ix)
-            s[name] = rule.score(f, z)
-        r = evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"], accept=accept)
-        rows.append({"fold": i, "calibration": ",".join(fold.calibration), "test": ",".join(fold.test), **r})
-    return pd.DataFrame(rows)

@@ -21,13 +21,15 @@ import torch
 from PIL import Image
 
 from fingerprint_core import artifacts, devices, spaces
+from fingerprint_core.attribution import decision as decision_mod
 from fingerprint_core.attribution import train as train_mod
 from fingerprint_core.attribution import uploads
 from fingerprint_core.attribution.method import Inputs, softmax
 from fingerprint_core.manifold import Manifold
-from fingerprint_core.workspace import MANIFEST, REAL, Workspace, WorkspaceError
+from fingerprint_core.workspace import MANIFEST, Workspace, WorkspaceError
 
 TOP = 3
+SCHEMA = "manifpt-attribute/2"  # the JSON of `manifpt attribute --json` (docs/attribution.md)
 
 
 @dataclass
@@ -36,11 +38,14 @@ class Result:
 
     file: str
     status: str  # "ok", or "warning: <what was converted and why it matters>"
-    top: list[dict]  # [{"model", "p"}], most probable first
+    top: list[dict]  # [{"model", "p"}], most probable first (temperature-calibrated)
     design: dict[str, dict]  # head -> {"value", "p"}
     verdict: str  # "known" | "unknown" | "real"
-    open_set_score: float
+    model: str | None  # the attributed model when the verdict is "known"
+    p_real: float  # calibrated p(real): "real" at or above the real threshold
+    open_set_score: float  # "unknown" above the open-set threshold (for images not called real)
     nearest_real: dict[str, int]  # space -> row of the nearest real image in the reference set
+    sha256: str = ""  # of the file's bytes
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -52,10 +57,15 @@ class Report:
 
     results: list[Result] = field(default_factory=list)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    set: dict | None = None  # the verdict for all results as one source (--as-set)
+    about: dict = field(default_factory=dict)  # the attributor, its thresholds and what they were set for
 
     def to_json(self) -> dict:
-        return {"results": [r.to_json() for r in self.results],
-                "errors": [{"file": f, "reason": r} for f, r in self.errors]}
+        out = {"schema": SCHEMA, "report": self.about, "results": [r.to_json() for r in self.results],
+               "errors": [{"file": f, "reason": r} for f, r in self.errors]}
+        if self.set is not None:
+            out["set"] = self.set
+        return out
 
 
 # ---- into the workspace's domain ------------------------------------------------------------------
@@ -132,7 +142,7 @@ class Attributor:
         ws = workspace if isinstance(workspace, Workspace) else Workspace.open(workspace)
         self.ws = ws
         self.device = devices.resolve(device)
-        self.method, self.rule, entry = train_mod.load(ws, kind, device=self.device)
+        self.method, entry = train_mod.load(ws, kind, device=self.device)
         self.kind = self.method.space
         self.classes = self.method.classes_
         self.shape = tuple(int(v) for v in ws.config["image_shape"])
@@ -146,15 +156,34 @@ class Attributor:
         # Built once: norms of the whole reference set, and (on first search) its compute-ready chunks
         self.manifolds = {s: Manifold(ws.space_reference(s), device=self.device) for s in self.method.needs}
         self._lock = threading.Lock()  # one search at a time: the manifolds' chunk caches are shared
+        self.entry = entry
+        self.decision = decision_mod.ensure(ws, self.kind, self.method, entry)
 
-    @torch.no_grad()
-    def attribute_array(self, images: np.ndarray, *, top: int = TOP) -> list[dict]:
-        """Answers for uint8 N x C x H x W images already in the workspace's shape (no file names)."""
+    def about(self) -> dict:
+        """What a filed report needs besides the answers: the attributor, its thresholds, what they were set for."""
+        from fingerprint_core import __version__
+
+        d = self.decision
+        return {"tool": "manifpt-studio", "version": __version__, "workspace": str(self.ws.path),
+                "attributor": {"kind": self.kind, "key": self.entry.get("key"), "test_accuracy": self.entry.get("test", {}).get("model")},
+                "temperature": d.temperature,
+                "real": {"threshold": d.real_threshold, "keeps": decision_mod.REAL_KEEP,
+                         "set_for": "share of real validation images called real",
+                         "validation": {"real_kept": d.measured.get("val_real_kept"),
+                                        "generated_called_real": d.measured.get("val_generated_called_real")}},
+                "unknown": {"score": d.unknown.kind, "threshold": d.unknown.threshold, "accepts": d.unknown.accept,
+                            "set_for": "share of generated validation images of known models accepted",
+                            "validation": {"generated_accepted": d.measured.get("val_generated_accepted")}},
+                "sets": {"statistic": "unbiased MMD^2, Gaussian kernel on standardised attributor features",
+                         "sizes": list(d.set_rule.sizes), "rejects": decision_mod.sets.REJECT,
+                         "set_for": "share of a known class's validation sets its own threshold rejects"},
+                "calibration": {"test_ece": d.measured.get("test_ece"), "test_ece_uncalibrated": d.measured.get("test_ece_raw")}}
+
+    def forward(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
+        """(artifacts per space, nearest real row per space, features, logits per head) of images in the workspace's shape."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if images.ndim != 4 or tuple(images.shape[1:]) != self.shape:
             raise ValueError(f"images must be N x {' x '.join(map(str, self.shape))} uint8; got {images.shape}")
-        if len(images) == 0:
-            return []
         arts, nearest = {}, {}
         with self._lock:
             for s, space in self.spaces.items():
@@ -163,29 +192,38 @@ class Attributor:
                 arts[s] = proj.artifacts.cpu().numpy().astype(np.float16).astype(np.float32)
                 nearest[s] = proj.nearest.cpu().numpy()
         features, logits = self.method.features_and_logits(Inputs(None, arts))
-        scores = self.rule.score(features, logits["model"])
-        probs = {h: softmax(z) for h, z in logits.items()}
+        return arts, nearest, features, logits
+
+    @torch.no_grad()
+    def attribute_array(self, images: np.ndarray, *, top: int = TOP) -> list[dict]:
+        """Answers for uint8 N x C x H x W images already in the workspace's shape (no file names)."""
+        if len(images) == 0:
+            return []
+        _, nearest, features, logits = self.forward(images)
+        return self._answers(features, logits, nearest, top)
+
+    def _answers(self, features, logits, nearest, top: int) -> list[dict]:
+        v = self.decision.verdicts(features, logits["model"])
+        probs = {h: softmax(z) for h, z in logits.items() if h != "model"}
         models = self.classes["model"]
         out = []
-        for i in range(len(images)):
-            p = probs["model"][i]
+        for i in range(len(features)):
+            p = v["probs"][i]
             order = np.argsort(-p, kind="stable")[: max(1, top)]
-            best = models[order[0]]
-            unknown = bool(scores[i] > self.rule.threshold)
             out.append({
                 "top": [{"model": models[j], "p": round(float(p[j]), 4)} for j in order],
                 "design": {h: {"value": self.classes[h][int(probs[h][i].argmax())], "p": round(float(probs[h][i].max()), 4)}
-                           for h in probs if h != "model"},
-                "verdict": "unknown" if unknown else ("real" if best == REAL else "known"),
-                "open_set_score": round(float(scores[i]), 4),
+                           for h in probs},
+                "verdict": str(v["verdict"][i]),
+                "model": models[int(v["model"][i])] if v["verdict"][i] == "known" else None,
+                "p_real": round(float(v["p_real"][i]), 4),
+                "open_set_score": round(float(v["score"][i]), 4),
                 "nearest_real": {s: int(nearest[s][i]) for s in self.spaces},
             })
         return out
 
-    def attribute(self, batch: uploads.Batch, *, top: int = TOP) -> Report:
-        """Answers for decoded uploads (any size or channels), with the batch's errors passed on."""
-        report = Report(errors=list(batch.errors))
-        converted, statuses = [], []
+    def _convert(self, batch: uploads.Batch, report: Report) -> list[tuple[uploads.Upload, np.ndarray, str]]:
+        converted = []
         for up in batch.images:
             try:
                 x, notes = to_domain(up.array, self.shape, padded_from=self.padded_from)
@@ -193,12 +231,62 @@ class Attributor:
                 report.errors.append((up.name, f"cannot convert the image to {self.shape} ({err})"))
                 continue
             notes = [*up.notes, *notes]
-            converted.append((up.name, x))
-            statuses.append("ok" if not notes else "warning: " + "; ".join(notes))
-        answers = self.attribute_array(np.stack([x for _, x in converted]), top=top) if converted else []
-        for (name, _), status, answer in zip(converted, statuses, answers, strict=True):
-            report.results.append(Result(file=name, status=status, **answer))
+            converted.append((up, x, "ok" if not notes else "warning: " + "; ".join(notes)))
+        return converted
+
+    @torch.no_grad()
+    def attribute(self, batch: uploads.Batch, *, top: int = TOP, as_set: bool = False) -> Report:
+        """Answers for decoded uploads (any size or channels), with the batch's errors passed on; with
+        as_set, also the verdict for all of them as one source."""
+        report = Report(errors=list(batch.errors), about=self.about())
+        converted = self._convert(batch, report)
+        if not converted:
+            if as_set:
+                report.errors.append(("(set)", "no readable image: no set verdict"))
+            return report
+        arts, nearest, features, logits = self.forward(np.stack([x for _, x, _ in converted]))
+        for (up, _, status), answer in zip(converted, self._answers(features, logits, nearest, top), strict=True):
+            report.results.append(Result(file=up.name, status=status, sha256=up.sha256, **answer))
+        if as_set:
+            try:
+                report.set = self.set_verdict(arts, features, logits)
+            except ValueError as err:
+                report.errors.append(("(set)", str(err)))
         return report
+
+    def set_verdict(self, arts: dict[str, np.ndarray], features: np.ndarray, logits: dict[str, np.ndarray]) -> dict:
+        """The JSON "set" of a batch from one source (see decision.Decision.set_verdict)."""
+        from fingerprint_core.analysis import learned
+
+        d = self.decision.set_verdict(features, logits["model"])
+        models = self.classes["model"]
+        name = models[d["model"]] if d["model"] is not None else None
+        if d["verdict"] == "known":
+            design = _design_of_posterior(self.ws, models, d["posterior"], self.decision.generated())
+        elif d["verdict"] == "unknown":
+            design = learned.unknown_source_design(self.ws, arts)
+        else:
+            design = {}
+        return {"verdict": d["verdict"], "model": name, "p": round(d["p"], 4), "n": d["n"],
+                "size_calibrated": d["size_calibrated"], "design": design,
+                "by_n": [{"n": b["n"], "verdict": b["verdict"], "p": round(b["p"], 4),
+                          "model": models[b["model"]] if b["model"] is not None else None} for b in d["by_n"]],
+                "mmd2": {m: round(v, 6) for m, v in d["mmd2"].items()}}
+
+
+def _design_of_posterior(ws: Workspace, models: list[str], posterior: np.ndarray, generated: np.ndarray) -> dict:
+    """Per factor, the design value with the most set-posterior mass among the known generated models, and that mass."""
+    table = ws.design().astype(str).set_index("model")
+    mass = posterior[generated] / max(posterior[generated].sum(), 1e-300)
+    names = [models[i] for i in generated]
+    out = {}
+    for factor in [c for c in table.columns if c != "seed"]:
+        values = table.reindex(names)[factor].to_numpy()
+        totals = {v: float(mass[values == v].sum()) for v in dict.fromkeys(values) if v != "nan"}
+        if totals:
+            best = max(totals, key=totals.get)
+            out[factor] = {"value": best, "p": round(totals[best], 4)}
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -218,14 +306,16 @@ def attributor_for(workspace: str | os.PathLike, *, kind: str | None = None, dev
 
 
 def attribute_paths(workspace: str | os.PathLike, paths: list[str | os.PathLike], *, top: int = TOP,
-                    kind: str | None = None, device: str = "auto", limits: uploads.Limits = uploads.Limits()) -> Report:
+                    kind: str | None = None, device: str = "auto", limits: uploads.Limits = uploads.Limits(),
+                    as_set: bool = False) -> Report:
     """Attribute image files, folders and zip archives (the CLI's `manifpt attribute`)."""
     attributor = attributor_for(workspace, kind=kind, device=device)  # fails early, before reading any file
-    return attributor.attribute(uploads.read_paths(paths, limits=limits), top=top)
+    return attributor.attribute(uploads.read_paths(paths, limits=limits), top=top, as_set=as_set)
 
 
 def attribute_uploads(workspace: str | os.PathLike, items: list[tuple[str, bytes]], *, top: int = TOP,
-                      kind: str | None = None, device: str = "auto", limits: uploads.Limits = uploads.Limits()) -> Report:
+                      kind: str | None = None, device: str = "auto", limits: uploads.Limits = uploads.Limits(),
+                      as_set: bool = False) -> Report:
     """Attribute in-memory uploads (the app): images or zip archives as (name, bytes)."""
     attributor = attributor_for(workspace, kind=kind, device=device)
-    return attributor.attribute(uploads.read_uploads(items, limits=limits), top=top)
+    return attributor.attribute(uploads.read_uploads(items, limits=limits), top=top, as_set=as_set)

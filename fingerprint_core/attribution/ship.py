@@ -2,9 +2,10 @@
 them into a workspace built from the same data, so attribution works without training.
 
 A shipped folder holds record.json (the split name, seed, classes and per kind its manifest entry)
-and one folder per kind with the weights and the open-set rule. Installing checks that the
-workspace's artifacts, split and classes are the very ones the attributors were trained on;
-otherwise it installs nothing and says why (then `manifpt train WS`).
+and one folder per kind with the weights and config (the verdicts' thresholds are fitted from the
+workspace: decision.py). Installing checks that the workspace's artifacts, split and classes are the
+very ones the attributors were trained on; otherwise it installs nothing and says why (then
+`manifpt train WS`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from fingerprint_core.workspace import Workspace
 
 RECORD = "record.json"
 EXPORT_FORMAT = "manifpt-attributors-1"
-SHIPPED_FILES = ("weights.safetensors", "config.json", "openset.safetensors", "openset.json")
+SHIPPED_FILES = ("weights.safetensors", "config.json")
+LEGACY_FILES = ("openset.safetensors", "openset.json")  # earlier exports' open-set rule (now fitted from the workspace)
 
 
 def export(ws: Workspace, folder: str | Path) -> list[str]:
@@ -33,7 +35,7 @@ def export(ws: Workspace, folder: str | Path) -> list[str]:
     previous = _previous_export(folder, ws.path)
     folder.mkdir(parents=True, exist_ok=True)
     for kind in previous:  # the kind folders the previous export wrote: only our own files in them
-        for name in SHIPPED_FILES:
+        for name in (*SHIPPED_FILES, *LEGACY_FILES):
             (folder / kind / name).unlink(missing_ok=True)
         if (folder / kind).is_dir() and not any((folder / kind).iterdir()):
             (folder / kind).rmdir()
@@ -78,7 +80,7 @@ def _previous_export(folder: Path, workspace: Path) -> list[str]:
     allowed = {RECORD, *kinds}
     stray = sorted(p.name for p in folder.iterdir() if p.name not in allowed)
     stray += sorted(f"{k}/{p.name}" for k in kinds if (folder / k).is_dir() for p in (folder / k).iterdir()
-                    if p.name not in SHIPPED_FILES)
+                    if p.name not in (*SHIPPED_FILES, *LEGACY_FILES))
     if stray or any((folder / k).is_symlink() for k in kinds):
         raise ValueError(f"--export {folder}: it holds files a previous export did not write "
                          f"({', '.join(stray[:5]) or 'a link'}); choose an empty or new folder")

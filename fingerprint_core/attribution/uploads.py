@@ -10,6 +10,7 @@ a (file, reason) pair; the good files are read all the same.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -22,6 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from fingerprint_core import decode
+from fingerprint_core.fsio import sha256_file
 
 ARCHIVE_EXTENSIONS = (".zip",)
 OTHER_ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".gz", ".bz2", ".xz", ".7z", ".rar")
@@ -61,6 +63,7 @@ class Upload:
     name: str  # as the user knows it: a path, an upload's name, "archive.zip/inner/x.png"
     array: np.ndarray = field(repr=False)  # uint8 (H, W, C), C in {1, 3}
     notes: tuple[str, ...] = ()
+    sha256: str = ""  # of the file's bytes as read (an archive member's own bytes), for the report
 
 
 @dataclass
@@ -118,7 +121,8 @@ class _Reader:
             self.error(name, str(err))
             return
         self.decoded += d.array.nbytes
-        self.batch.images.append(Upload(name, d.array, d.notes))
+        digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes | bytearray) else sha256_file(Path(data))
+        self.batch.images.append(Upload(name, d.array, d.notes, digest))
 
     # ---- archives ---------------------------------------------------------------------------
     def archive(self, name: str, source: bytes | Path) -> None:

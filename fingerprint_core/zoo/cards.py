@@ -49,14 +49,27 @@ def quality_markdown(quality: dict | None) -> str:
     )
 
 
+def _generator_line(cfg: dict) -> str:
+    """"- generator: ..." for a family with several generator architectures (GAN), else ""."""
+    from fingerprint_core.zoo import gan
+
+    arch = cfg.get("architecture")
+    if cfg.get("family") != "gan" or arch not in gan.ARCHITECTURE_TEXT:
+        return ""
+    return f"- generator ({arch}): {gan.ARCHITECTURE_TEXT[arch]}\n"
+
+
 def render(result: dict) -> str:
-    """The markdown card of a finished model, from its result record."""
+    """The markdown card of a finished model, from its result record (a plan's optional `note`
+    column, e.g. how a foreign model's recipe differs from the zoo's, becomes a line of its own)."""
     row, cfg = result["row"], result["config"]
     design = "\n".join(f"| {k} | {row[k]} |" for k in ("family", "upsampling", "loss", "normalization"))
     arch = ", ".join(f"{k} {v}" for k, v in cfg.items() if k not in ("family", "upsampling", "loss", "normalization"))
+    note = f"- note: {row['note']}\n" if str(row.get("note") or "").strip() else ""
     return (
         f"# {result['name']}\n\n"
         f"| design choice | value |\n|---|---|\n{design}\n\n"
+        f"{note}{_generator_line(cfg)}"
         f"- architecture: {arch}; {result['parameters']:,} generator parameters\n"
         f"- training: seed {row['seed']}, {row['iterations']:,} iterations of batch {row['batch_size']} on "
         f"{result['train_data']}, in [-1, 1]; "

@@ -1,4 +1,14 @@
-"""GAN family: spectral-norm discriminator, the four adversarial losses, and the training step."""
+"""GAN family: generator architectures, spectral-norm discriminator, the four adversarial losses, and
+the training step.
+
+Generator architectures (the design row's `architecture`, default "dcgan"; all z (N, z_dim) ->
+(N, 1, 32, 32) through Tanh):
+
+- dcgan: the shared ConvDecoder (decoder.py), one upsampling block per doubling, the zoo's own;
+- resnet: SNGAN-style residual blocks (Miyato et al. 2018), norm-ReLU-resize-conv3x3-norm-ReLU-conv3x3
+  plus a resize-conv1x1 shortcut, nearest or bilinear resizing; never in the demo zoo;
+- mlp: fully connected layers only (upsampling "none"), as in the original GAN; never in the demo zoo.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fingerprint_core.zoo import layers
 from fingerprint_core.zoo.decoder import ConvDecoder
 from fingerprint_core.zoo.trainer import Trainer, ema_copy, ema_decay, ema_update
 
@@ -14,11 +25,97 @@ NORMALIZATION = ("batch", "none", "spectral", "instance")
 GP_WEIGHT = 10.0  # Gulrajani et al. 2017
 
 
-def build_generator(*, upsampling: str, normalization: str, width: int = 48, z_dim: int = 128) -> ConvDecoder:
-    """A DCGAN-style generator: z (N, z_dim) -> (N, 1, 32, 32), Tanh output."""
-    if normalization not in NORMALIZATION:
-        raise ValueError(f"GAN normalization={normalization!r} is not one of {', '.join(NORMALIZATION)}")
+# architecture -> the upsampling and normalization values it can build
+ARCHITECTURES: dict[str, dict[str, tuple[str, ...]]] = {
+    "dcgan": {"upsampling": layers.UPSAMPLING, "normalization": NORMALIZATION},
+    "resnet": {"upsampling": ("nearest_conv", "bilinear_conv"), "normalization": NORMALIZATION},
+    "mlp": {"upsampling": ("none",), "normalization": ("batch", "none", "spectral")},
+}
+ARCHITECTURE_TEXT = {
+    "dcgan": "DCGAN-style conv decoder: z -> 4x4 x 4w -> 8x8 x 2w -> 16x16 x w -> 32x32, one upsampling block per doubling",
+    "resnet": "ResNet generator (SNGAN-style): z -> 4x4 x 4w, three residual up-blocks (norm-ReLU-resize-conv3x3-"
+              "norm-ReLU-conv3x3, resize-conv1x1 shortcut) to 8x8 x 2w, 16x16 x w, 32x32 x w, then norm-ReLU-conv3x3",
+    "mlp": "MLP generator: fully connected z -> 8w -> 16w -> 32w -> 1024 pixels (no convolution, no upsampling)",
+}
+
+
+def build_generator(*, upsampling: str, normalization: str, width: int = 48, z_dim: int = 128,
+                    architecture: str = "dcgan") -> nn.Module:
+    """A generator of the named architecture: z (N, z_dim) -> (N, 1, 32, 32), Tanh output."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"GAN architecture={architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+    allowed = ARCHITECTURES[architecture]
+    if normalization not in allowed["normalization"]:
+        raise ValueError(f"GAN normalization={normalization!r} is not one of {', '.join(allowed['normalization'])}"
+                         + ("" if architecture == "dcgan" else f" for architecture {architecture}"))
+    if upsampling not in allowed["upsampling"]:
+        raise ValueError(f"GAN upsampling={upsampling!r} is not one of {', '.join(allowed['upsampling'])} "
+                         f"for architecture {architecture}")
+    if architecture == "mlp":
+        return MLPGenerator(normalization=normalization, width=width, z_dim=z_dim)
+    if architecture == "resnet":
+        return ResNetGenerator(upsampling=upsampling, normalization=normalization, width=width, z_dim=z_dim)
     return ConvDecoder(upsampling=upsampling, normalization=normalization, width=width, z_dim=z_dim)
+
+
+class MLPGenerator(nn.Module):
+    """z (N, z_dim) -> (N, 1, 32, 32): Linear 8w -> 16w -> 32w -> 1024, each hidden layer normalized and
+    ReLU'd; no convolution, so no upsampling trace (design value upsampling "none")."""
+
+    def __init__(self, *, normalization: str, width: int = 32, z_dim: int = 128) -> None:
+        super().__init__()
+        self.latent_shape = (z_dim,)
+        blocks: list[nn.Module] = []
+        c_in = z_dim
+        for c_out in (8 * width, 16 * width, 32 * width):
+            blocks += [nn.Linear(c_in, c_out), nn.BatchNorm1d(c_out) if normalization == "batch" else nn.Identity(),
+                       nn.ReLU()]
+            c_in = c_out
+        blocks += [nn.Linear(c_in, 32 * 32), nn.Tanh()]
+        self.body = nn.Sequential(*blocks)
+        layers.spectral(normalization, self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z).view(len(z), 1, 32, 32)
+
+
+class ResBlockUp(nn.Module):
+    """(N, c_in, H, W) -> (N, c_out, 2H, 2W): norm-ReLU-resize-conv3x3-norm-ReLU-conv3x3 + resize-conv1x1."""
+
+    def __init__(self, c_in: int, c_out: int, *, mode: str, normalization: str) -> None:
+        super().__init__()
+        resize = nn.Upsample(scale_factor=2, mode=mode) if mode == "nearest" else nn.Upsample(
+            scale_factor=2, mode=mode, align_corners=False)
+        self.main = nn.Sequential(
+            layers.norm(normalization, c_in), nn.ReLU(), resize, nn.Conv2d(c_in, c_out, 3, padding=1),
+            layers.norm(normalization, c_out), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
+        self.shortcut = nn.Sequential(nn.Upsample(scale_factor=2, mode=mode) if mode == "nearest" else nn.Upsample(
+            scale_factor=2, mode=mode, align_corners=False), nn.Conv2d(c_in, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.shortcut(x)
+
+
+class ResNetGenerator(nn.Module):
+    """z (N, z_dim) -> 4x4 x 4w -> three ResBlockUp to 8x8 x 2w, 16x16 x w, 32x32 x w -> norm-ReLU-conv3x3-Tanh."""
+
+    def __init__(self, *, upsampling: str, normalization: str, width: int = 32, z_dim: int = 128) -> None:
+        super().__init__()
+        self.latent_shape = (z_dim,)
+        self.width = width
+        mode = {"nearest_conv": "nearest", "bilinear_conv": "bilinear"}[upsampling]
+        self.project = nn.Linear(z_dim, 4 * width * 4 * 4)
+        self.blocks = nn.Sequential(
+            ResBlockUp(4 * width, 2 * width, mode=mode, normalization=normalization),
+            ResBlockUp(2 * width, width, mode=mode, normalization=normalization),
+            ResBlockUp(width, width, mode=mode, normalization=normalization),
+            layers.norm(normalization, width), nn.ReLU(), nn.Conv2d(width, 1, 3, padding=1), nn.Tanh(),
+        )
+        layers.spectral(normalization, self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.project(z).view(len(z), 4 * self.width, 4, 4))
 
 
 class Discriminator(nn.Module):
@@ -101,7 +198,7 @@ def recalibrate_batchnorm(model: nn.Module, latent_shape: tuple[int, ...], rng: 
 class GANTrainer(Trainer):
     """Alternating discriminator and generator Adam steps; the sampler is the generator's EMA."""
 
-    def __init__(self, generator: ConvDecoder, *, loss: str, width: int, device: torch.device,
+    def __init__(self, generator: nn.Module, *, loss: str, width: int, device: torch.device,
                  n_critic: int | None = None, ema: float = 0.999) -> None:
         super().__init__()
         if loss not in LOSSES:

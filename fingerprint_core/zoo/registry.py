@@ -29,17 +29,22 @@ class Family:
     make_generator: Callable[[dict], nn.Module]
     make_trainer: Callable[[nn.Module, dict, torch.device], Trainer]
     defaults: dict = field(default_factory=dict)  # architecture arguments a plan row may override
+    # generator architectures of the family (a plan row's optional `architecture`, default
+    # defaults["architecture"]) -> the upsampling and normalization values each can build;
+    # empty: one architecture, which builds everything in upsampling and normalization
+    architectures: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "gan", layers.UPSAMPLING, gan.LOSSES, gan.NORMALIZATION,
+            "gan", (*layers.UPSAMPLING, "none"), gan.LOSSES, gan.NORMALIZATION,
             lambda d: gan.build_generator(upsampling=d["upsampling"], normalization=d["normalization"],
-                                          width=d["width"], z_dim=d["z_dim"]),
+                                          width=d["width"], z_dim=d["z_dim"], architecture=d["architecture"]),
             lambda g, d, dev: gan.GANTrainer(g, loss=d["loss"], width=d["width"], device=dev),
-            {"width": 48, "z_dim": 128},
+            {"width": 48, "z_dim": 128, "architecture": "dcgan"},
+            gan.ARCHITECTURES,  # "none" (no upsampling) only for the fully connected generator
         ),
         Family(
             "vae", layers.UPSAMPLING, vae.LOSSES, vae.NORMALIZATION,
@@ -60,6 +65,11 @@ FAMILIES: dict[str, Family] = {
 DESIGN_KEYS = ("family", "upsampling", "loss", "normalization")
 
 
+def _empty(value) -> bool:
+    """A plan cell that means "the default": missing, None, "" or NaN (an empty csv cell)."""
+    return value is None or value == "" or (isinstance(value, float) and np.isnan(value))
+
+
 def family(name: str) -> Family:
     """The family called name; an unknown one fails with the list of valid ones."""
     if name not in FAMILIES:
@@ -75,11 +85,22 @@ def check_design(design: dict) -> list[str]:
     if design["family"] not in FAMILIES:
         return [f"family={design['family']!r} is not one of {', '.join(FAMILIES)}"]
     fam = FAMILIES[design["family"]]
-    return [
+    problems = [
         f"{key}={design[key]!r} is not one of {', '.join(getattr(fam, key))} for family {fam.name}"
         for key in DESIGN_KEYS[1:]
         if design[key] not in getattr(fam, key)
     ]
+    if fam.architectures and not problems:
+        arch = design.get("architecture")
+        arch = fam.defaults["architecture"] if _empty(arch) else str(arch).strip()
+        if arch not in fam.architectures:
+            return [f"architecture={arch!r} is not one of {', '.join(fam.architectures)} for family {fam.name}"]
+        problems = [
+            f"{key}={design[key]!r} is not one of {', '.join(allowed)} for {fam.name} architecture {arch}"
+            for key, allowed in fam.architectures[arch].items()
+            if design[key] not in allowed
+        ]
+    return problems
 
 
 def generator_config(design: dict) -> dict:
@@ -92,8 +113,9 @@ def generator_config(design: dict) -> dict:
     for key, default in fam.defaults.items():
         value = design.get(key)
         # plan rows read from csv carry NaN/"" for an empty cell: that means "the default"
-        empty = value is None or value == "" or (isinstance(value, float) and np.isnan(value))
-        config[key] = type(default)(default if empty else value)
+        config[key] = type(default)(default if _empty(value) else value)
+        if isinstance(default, str):
+            config[key] = config[key].strip()
     return config
 
 

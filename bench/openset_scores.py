@@ -1,0 +1,71 @@
+"""Which open-set score? The benchmark's held-out-models protocol (bench.Bench.openset: whole models
+held out, one group to calibrate, the next to test) for one ManiFPT attributor, every score of
+openset.SCORES on the same folds; prints mean AUROC and the rates at the 95%-accept threshold.
+decision.UNKNOWN_SCORE is the best mean AUROC here (never chosen on the foreign set).
+
+    python bench/openset_scores.py [--workspace WS] [--kind fused] [--train-per-model 400] [--max-epochs 6] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fingerprint_core import devices  # noqa: E402
+from fingerprint_core.attribution import bench, openset  # noqa: E402
+from fingerprint_core.workspace import Workspace  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workspace", type=Path, default=None, help="default: the demo workspace (`manifpt demo`)")
+    ap.add_argument("--kind", default="fused")
+    ap.add_argument("--groups", type=int, default=bench.OPENSET_GROUPS)
+    ap.add_argument("--train-per-model", type=int, default=400)
+    ap.add_argument("--max-epochs", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None, help="resumable folds (default: <workspace>-openset-scores)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.workspace is None:
+        from fingerprint_core import demo
+
+        args.workspace = demo.default_workspace()
+    ws = Workspace.open(args.workspace)
+    out = args.out or args.workspace.parent / f"{args.workspace.name}-openset-scores"
+    name = f"manifpt-{args.kind}"
+    factories, skipped = bench.method_factories(ws, [name], max_epochs=args.max_epochs)
+    if name in skipped:
+        raise SystemExit(f"{name}: {skipped[name]}")
+    settings = bench.Settings(seeds=(0,), openset_groups=args.groups, device="cpu", train_per_model=args.train_per_model,
+                              max_epochs=args.max_epochs)
+    t0 = time.perf_counter()
+    b = bench.Bench(ws, out, factories, settings=settings)
+    b._bar = b.progress.task("openset folds", len(b.openset_plan))
+    b.computed = b.reused = 0
+    result = b.openset(name, 0)
+    seconds = time.perf_counter() - t0
+    print(f"# {name} on {ws.path}: held-out-models protocol, {len(result['folds'])} folds; train {args.train_per_model} "
+          f"per model, at most {args.max_epochs} epochs; {devices.cpu_name()}, {args.threads} thread(s), "
+          f"load {os.getloadavg()[0]:.2f}, {seconds:.0f} s\n")
+    print("| score | AUROC (mean ± std over folds) | TPR at 95% accept | FPR at 95% accept |\n|---|---|---|---|")
+    best = max(openset.SCORES, key=lambda k: result[k]["auroc"])
+    for k in openset.SCORES:
+        r = result[k]
+        mark = " (best)" if k == best else ""
+        print(f"| {k}{mark} | {r['auroc']:.3f} ± {r['auroc_std']:.3f} | {r['tpr_accept']:.3f} | {r['fpr_accept']:.3f} |")
+    print("\nper fold AUROC: " + "; ".join(", ".join(f"{k} {f[k]['auroc']:.3f}" for k in openset.SCORES)
+                                          for f in result["folds"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Batches from one source: the set's fingerprint compared, as a set, with each known class.
+
+A per-image open-set score averaged over a batch can run the wrong way (a generator whose single
+images look "more known" than the known models' own); a set has to be compared with each class as
+a distribution. The statistic is the unbiased MMD^2 (Gretton et al., JMLR 2012) between the set's
+attributor features and a bank of the class's training features, Gaussian kernel
+k(x, y) = exp(-|x - y|^2 / (2 sigma^2)) on standardised features, sigma the median distance of the
+pooled banks (the kernel of analysis/model_level.mmd_matrix).
+
+Calibration uses validation features only: per class and set size n in SET_SIZES, N_SETS seeded
+sets of the class's validation samples give the statistic's null; the class accepts a set at or
+below the (1 - REJECT) quantile, so at most REJECT of a known class's validation sets are rejected
+by their own class (their spread widened by the finite-population correction: sets of 50 drawn from
+a pool of 150 vary less than sets of fresh images). A class with fewer than 2n validation images
+keeps its threshold of the smaller size at n (looser: the statistic's spread shrinks with n). A set
+of another size uses the nearest smaller calibrated n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fingerprint_core.analysis.model_level import median_distance
+
+SET_SIZES = (5, 20, 50)
+REJECT = 0.01  # share of a known class's validation sets its own threshold rejects
+N_SETS = 400  # validation sets per class and size (the 0.99 quantile rests on 4 sets above it)
+BANK = 100  # training features per class in its bank
+SEED = 0
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+@dataclass
+class SetRule:
+    """Fitted banks and per-class thresholds; statistics(x) gives MMD^2 of a set against every class."""
+
+    classes: list[str]
+    mean: np.ndarray  # F: the standardisation (training features)
+    scale: np.ndarray  # F
+    sigma: float
+    banks: np.ndarray  # K x B x F float64, standardised
+    bank_within: np.ndarray  # K: mean kernel over distinct pairs of a bank
+    sizes: tuple[int, ...]
+    thresholds: np.ndarray  # len(sizes) x K: a class accepts MMD^2 at or below
+    null: np.ndarray  # len(sizes) x K x N_SETS: the validation statistics (for p-values); NaN where missing
+
+    @property
+    def gamma(self) -> float:
+        return 1.0 / (2.0 * self.sigma**2)
+
+    def standardise(self, features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, np.float64) - self.mean) / self.scale
+
+    def statistics(self, features: np.ndarray) -> np.ndarray:
+        """(K,) unbiased MMD^2 between the set (N x F features, N >= 2) and each class's bank."""
+        z = self.standardise(features)
+        n = len(z)
+        if n < 2:
+            raise ValueError("a set needs at least 2 images")
+        k_xx = np.exp(-self.gamma * _sq_distances(z, z))
+        within = (k_xx.sum() - n) / (n * (n - 1))  # the diagonal is exactly 1
+        k, b, f = self.banks.shape
+        cross = np.exp(-self.gamma * _sq_distances(z, self.banks.reshape(k * b, f))).reshape(n, k, b).mean((0, 2))
+        return within + self.bank_within - 2 * cross
+
+    def size_index(self, n: int) -> int | None:
+        """Index of the nearest calibrated set size <= n (None below the smallest)."""
+        fits = [i for i, s in enumerate(self.sizes) if s <= n]
+        return fits[-1] if fits else None
+
+    def p_values(self, stats: np.ndarray, i: int) -> np.ndarray:
+        """(K,) share of a class's validation sets whose statistic is at least the observed one, (1 + #) / (1 + R)."""
+        null = self.null[i]
+        have = ~np.isnan(null)
+        return (1 + ((null >= stats[:, None]) & have).sum(1)) / (1 + have.sum(1))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"set.mean": self.mean, "set.scale": self.scale, "set.banks": self.banks.astype(np.float32),
+                "set.bank_within": self.bank_within, "set.thresholds": self.thresholds, "set.null": self.null}
+
+    def config(self) -> dict:
+        return {"classes": self.classes, "sigma": self.sigma, "sizes": list(self.sizes), "reject": REJECT,
+                "n_sets": int(self.null.shape[-1]), "bank": int(self.banks.shape[1])}
+
+    @classmethod
+    def from_saved(cls, config: dict, arrays: dict[str, np.ndarray]) -> SetRule:
+        return cls(list(config["classes"]), arrays["set.mean"], arrays["set.scale"], float(config["sigma"]),
+                   arrays["set.banks"].astype(np.float64), arrays["set.bank_within"], tuple(config["sizes"]),
+                   arrays["set.thresholds"], arrays["set.null"])
+
+
+def _draw(n_rows: int, size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """count x size row indices, distinct within each set."""
+    return np.argsort(rng.random((count, n_rows)), axis=1)[:, :size]
+
+
+def fit(classes: list[str], train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
+        val_labels: np.ndarray, *, sizes: tuple[int, ...] = SET_SIZES, n_sets: int = N_SETS, bank: int = BANK,
+        seed: int = SEED) -> SetRule:
+    """Banks from training features, thresholds from validation sets (per class and size)."""
+    train = np.asarray(train_features, np.float64)
+    mean, sd = train.mean(0), train.std(0)
+    scale = np.where(sd > 0, sd, 1.0)
+    z_train, z_val = (train - mean) / scale, (np.asarray(val_features, np.float64) - mean) / scale
+    train_labels, val_labels = np.asarray(train_labels), np.asarray(val_labels)
+    rng = np.random.default_rng(seed)
+    banks = []
+    for k in range(len(classes)):
+        rows = np.flatnonzero(train_labels == k)
+        if len(rows) < 2:
+            raise ValueError(f"class {classes[k]!r} has {len(rows)} training sample(s); a set bank needs at least 2")
+        banks.append(z_train[np.sort(rng.choice(rows, min(bank, len(rows)), replace=False))])
+    b = min(len(x) for x in banks)
+    banks = np.stack([x[:b] for x in banks])
+    sigma = median_distance(banks.reshape(-1, banks.shape[-1]), seed=seed)
+    if not sigma > 0:
+        raise ValueError("the training features have no spread; no set kernel can be fitted")
+    gamma = 1.0 / (2.0 * sigma**2)
+    bank_within = np.array([(np.exp(-gamma * _sq_distances(x, x)).sum() - b) / (b * (b - 1)) for x in banks])
+    thresholds = np.full((len(sizes), len(classes)), np.inf)
+    null = np.full((len(sizes), len(classes), n_sets), np.nan)
+    for k in range(len(classes)):
+        v = z_val[val_labels == k]
+        if len(v) < 2:
+            continue  # no validation sets: this class accepts any set (said by an infinite threshold)
+        k_vv = np.exp(-gamma * _sq_distances(v, v))
+        cross = np.exp(-gamma * _sq_distances(v, banks[k])).mean(1)  # per validation row: mean kernel to the bank
+        for i, n in enumerate(sizes):
+            if len(v) < 2 * n and i > 0:  # too few validation images for distinct sets of n: keep the smaller
+                null[i, k], thresholds[i, k] = null[i - 1, k], thresholds[i - 1, k]  # size's (looser) threshold
+                continue
+            m = min(n, max(2, len(v) // 2))
+            idx = _draw(len(v), m, n_sets, rng)
+            sub = k_vv[idx[:, :, None], idx[:, None, :]]
+            within = (sub.sum((1, 2)) - m) / (m * (m - 1))
+            stats = within + bank_within[k] - 2 * cross[idx].mean(1)
+            if m > 1 and len(v) > m:  # sets drawn from a finite pool vary less than fresh ones: widen by the
+                fpc = (len(v) - m) / (len(v) - 1)  # finite-population correction of the mean's variance
+                stats = stats.mean() + (stats - stats.mean()) / np.sqrt(fpc)
+            null[i, k] = stats
+            thresholds[i, k] = np.quantile(stats, 1 - REJECT, method="higher")
+    return SetRule(list(classes), mean, scale, float(sigma), banks, bank_within, tuple(sizes), thresholds, null)
+
+
+def naive_bayes(log_probs: np.ndarray, log_prior: np.ndarray) -> np.ndarray:
+    """Set posterior over classes for N independent draws of one source: log p(c | x_1..N) =
+    sum_i log p(c | x_i) - (N - 1) log p(c), normalised (K,)."""
+    s = np.asarray(log_probs, np.float64).sum(0) - (len(log_probs) - 1) * np.asarray(log_prior, np.float64)
+    s = s - s.max()
+    p = np.exp(s)
+    return p / p.sum()
