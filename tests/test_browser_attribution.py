@@ -66,5 +66,7 @@ def test_dropped_files_come_back_as_prediction_cards(app_server: str, browser_pa
     page.get_by_test_id("stPlotlyChart").nth(1).locator(".main-svg").first.wait_for(timeout=30_000)
     main_text = page.get_by_test_id("stMain").inner_text()
     assert "What the numbers say" in main_text and "a · closed set" in main_text
-    assert page.get_by_test_id("stDataFrame").count() == 1 and page.get_by_test_id("stException").count() == 0
+    # the results table, and the calibration table (ECE before / after temperature scaling) with its diagram
+    assert page.get_by_test_id("stDataFrame").count() == 2 and page.get_by_test_id("stException").count() == 0
+    assert "Calibration of the attributors" in main_text and "rgb: reliability after scaling" in main_text
     screenshot_whole_app(page, ARTIFACTS / "benchmark.png")
