@@ -121,9 +121,9 @@ def charts_section(summary: pd.DataFrame) -> None:
 
 @st.cache_resource(show_spinner=False, max_entries=16)
 def calibrated(path: str, stamp: str, kind: str):
-    from fingerprint_core.attribution import decision
+    from fingerprint_core.attribution import train
 
-    return decision.for_kind(Workspace.open(path), kind)
+    return train.calibrated(Workspace.open(path), kind)
 
 
 def calibration_section(ws: Workspace, path: str) -> None:

@@ -230,11 +230,3 @@ def ensure(ws: Workspace, kind: str, method, entry: dict, *, log=lambda message:
         files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
     ws.write_entry(rel, {}, files=files)
     return decision
-
-
-def for_kind(ws: Workspace, kind: str, *, log=lambda message: None) -> Decision:
-    """The fitted decision of a trained kind (loading its attributor; fitting the decision if missing)."""
-    from fingerprint_core.attribution import train as train_mod
-
-    method, entry = train_mod.load(ws, kind)
-    return ensure(ws, kind, method, entry, log=log)

@@ -131,7 +131,7 @@ class Reprojector:
 
     def _space(self, name: str):
         from fingerprint_core import devices
-        from fingerprint_core.attribution.predict import workspace_space
+        from fingerprint_core.attribution.workspace_spaces import workspace_space
         from fingerprint_core.manifold import Manifold
 
         if name not in self._spaces:  # the encoder the workspace was built with, found as attribution finds it

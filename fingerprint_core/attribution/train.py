@@ -82,6 +82,14 @@ def load(ws: Workspace, kind: str | None = None, *, device: str = "cpu") -> tupl
     return ManiFPT.load(folder, device=device), entry
 
 
+def calibrated(ws: Workspace, kind: str, *, log: Callable[[str], None] = lambda message: None):
+    """The fitted verdict (decision.Decision) of a trained kind, fitting it from the workspace if missing."""
+    from fingerprint_core.attribution import decision
+
+    method, entry = load(ws, kind)
+    return decision.ensure(ws, kind, method, entry, log=log)
+
+
 def train(
     workspace: str | Path | Workspace,
     *,
