@@ -82,6 +82,7 @@ class Card:
     converted: np.ndarray = field(repr=False)  # uint8 C x H x W, in the workspace's shape
     notes: tuple[str, ...] = ()  # conversions on the way (alpha dropped, resized, ...)
     domain_gap: str | None = None  # why the image is far from the workspace's images, or None
+    evidence: dict = field(default_factory=dict, repr=False)  # this image's artifacts, features, logits (the set verdict)
 
 
 @dataclass
@@ -149,12 +150,17 @@ def attribute_files(
                 out.errors.append((up.name, f"cannot convert the image to the workspace's shape ({err})"))
                 continue
             pending.append((file_id, up, x, (*up.notes, *notes)))
-    answers = attributor.attribute_array(np.stack([p[2] for p in pending]), top=top) if pending else []
-    for (file_id, up, x, notes), answer in zip(pending, answers, strict=True):
+    answers, arts, features, logits = [], {}, None, {}
+    if pending:  # one projection per image: the set verdict reads the same evidence later
+        arts, nearest, features, logits = attributor.forward(np.stack([p[2] for p in pending]))
+        answers = attributor.answers(features, logits, nearest, top)
+    for i, ((file_id, up, x, notes), answer) in enumerate(zip(pending, answers, strict=True)):
         status = "ok" if not notes else "warning: " + "; ".join(notes)
         result = predict.Result(file=up.name, status=status, sha256=up.sha256, **answer)
         gap = domain_gap(up.array, attributor.shape, attributor.padded_from)
-        outcomes[file_id].cards.append(Card(result, thumbnail(up.array), x, tuple(notes), gap))
+        evidence = {"arts": {k: a[i] for k, a in arts.items()}, "features": features[i],
+                    "logits": {k: z[i] for k, z in logits.items()}}
+        outcomes[file_id].cards.append(Card(result, thumbnail(up.array), x, tuple(notes), gap, evidence))
     return outcomes
 
 
@@ -180,8 +186,10 @@ def results_table(cards: list[Card], decision) -> pd.DataFrame:
 def set_verdict(attributor: Attributor, cards: list[Card]) -> dict:
     """The verdict for every attributed upload as one source (predict.Attributor.set_verdict); ValueError
     when there are too few images."""
-    arts, _, features, logits = attributor.forward(np.stack([c.converted for c in cards]))
-    return attributor.set_verdict(arts, features, logits)
+    e = [c.evidence for c in cards]
+    arts = {k: np.stack([x["arts"][k] for x in e]) for k in e[0]["arts"]}
+    logits = {k: np.stack([x["logits"][k] for x in e]) for k in e[0]["logits"]}
+    return attributor.set_verdict(arts, np.stack([x["features"] for x in e]), logits)
 
 
 # ---- uploads on the fingerprint map ----------------------------------------------------------------------

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             got = []
             for _ in range(args.sets):
                 idx = rng.choice(len(ff), n, replace=False)
-                r = d._set_at(ff[idx], zz[idx])
+                r = d.set_at(ff[idx], zz[idx])
                 said = models[r["model"]] if r["verdict"] == "known" else r["verdict"]
                 got.append(said)
                 score = set_score(d, np.array(list(r["mmd2"].values())), n)

@@ -87,13 +87,13 @@ class Decision:
         n = len(features)
         if self.set_rule.size_index(n) is None:
             raise ValueError(f"a set verdict needs at least {min(self.set_rule.sizes)} images; got {n}")
-        out = self._set_at(features, model_logits)
-        out["by_n"] = [{"n": s, **{k: v for k, v in self._set_at(features[:s], model_logits[:s]).items()
+        out = self.set_at(features, model_logits)
+        out["by_n"] = [{"n": s, **{k: v for k, v in self.set_at(features[:s], model_logits[:s]).items()
                                    if k in ("verdict", "p", "model")}}
                        for s in self.set_rule.sizes if s <= n]
         return out
 
-    def _set_at(self, features: np.ndarray, model_logits: np.ndarray) -> dict:
+    def set_at(self, features: np.ndarray, model_logits: np.ndarray) -> dict:
         rule = self.set_rule
         i = rule.size_index(len(features))
         stats = rule.statistics(features)

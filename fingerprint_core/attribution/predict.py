@@ -154,6 +154,7 @@ class Attributor:
                          "set_for": "share of a known class's validation sets its own threshold rejects"},
                 "calibration": {"test_ece": d.measured.get("test_ece"), "test_ece_uncalibrated": d.measured.get("test_ece_raw")}}
 
+    @torch.no_grad()
     def forward(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
         """(artifacts per space, nearest real row per space, features, logits per head) of images in the workspace's shape."""
         images = np.ascontiguousarray(images, dtype=np.uint8)
@@ -175,9 +176,10 @@ class Attributor:
         if len(images) == 0:
             return []
         _, nearest, features, logits = self.forward(images)
-        return self._answers(features, logits, nearest, top)
+        return self.answers(features, logits, nearest, top)
 
-    def _answers(self, features, logits, nearest, top: int) -> list[dict]:
+    def answers(self, features, logits, nearest, top: int = TOP) -> list[dict]:
+        """The per-image answers from forward()'s features, logits and nearest real rows."""
         v = self.decision.verdicts(features, logits["model"])
         probs = {h: softmax(z) for h, z in logits.items() if h != "model"}
         models = self.classes["model"]
@@ -220,7 +222,7 @@ class Attributor:
                 report.errors.append(("(set)", "no readable image: no set verdict"))
             return report
         arts, nearest, features, logits = self.forward(np.stack([x for _, x, _ in converted]))
-        for (up, _, status), answer in zip(converted, self._answers(features, logits, nearest, top), strict=True):
+        for (up, _, status), answer in zip(converted, self.answers(features, logits, nearest, top), strict=True):
             report.results.append(Result(file=up.name, status=status, sha256=up.sha256, **answer))
         if as_set:
             try:
