@@ -114,7 +114,7 @@ class ApproxManifold:
 
     def _integer_path(self, q: np.ndarray) -> bool:
         """Where the Manifold compares exact integer distances (uint8 codes on both sides)."""
-        return self.pixels and q.dtype == np.uint8 and devices.fast_int8(torch.device("cpu"))
+        return self.pixels and q.dtype == np.uint8 and devices.exact_int8(torch.device("cpu"))
 
     def _distances(self, q: np.ndarray, qi: np.ndarray, ri: np.ndarray) -> np.ndarray:
         """Float64 squared distances of pairs (query qi, reference ri), as the Manifold's re-rank."""

@@ -704,8 +704,11 @@ def main(argv: list[str] | None = None) -> int:
     from fingerprint_core.workspace import WorkspaceError
 
     args = build_parser().parse_args(argv)
-    job = _job_of(args)
+    job = None
     try:
+        # inside the try: the first progress write (which tells a waiting app or test that the
+        # job runs) may be followed by a SIGTERM before _job_of returns
+        job = _job_of(args)
         code = args.run(args)
         _job_end(job, code, None)
         return code
@@ -719,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
         _job_end(job, 130, "interrupted (what it finished is kept in the workspace)")
         return 130
     except SystemExit as e:  # SIGTERM in a job (see _job_of)
+        job = job if job is not None else getattr(args, "job", None)  # a SIGTERM as _job_of returned
         code = e.code if isinstance(e.code, int) else 1
         _job_end(job, code, "stopped (SIGTERM); what it finished is kept in the workspace" if code == 128 + 15
                  else f"exited with status {code}")

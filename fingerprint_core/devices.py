@@ -44,6 +44,12 @@ def cpu_name() -> str:
     return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
+def exact_int8(device: torch.device) -> bool:
+    """Whether the exact integer pass for pixel codes runs here: on every CPU (int8 matmul where
+    it is fast, else exactly emulated in float32 blocks) and on CUDA with int8 tensor cores."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (7, 5)
+
+
 def fast_int8(device: torch.device) -> bool:
     """Whether int8 x int8 -> int32 matmul beats float32 here (VNNI/AMX on CPU, tensor cores on GPU)."""
     if device.type == "cuda":

@@ -9,7 +9,8 @@ A search is a sequence of pure functions over a batch of queries:
    a lower bound of the full one. Each query is seeded with the exact distance of its best two
    references by the projection; only references whose bound does not exceed it are verified.
 2. candidate pass over the (surviving) references: exact integer scores |r'|^2 - 2 q'.r' for
-   pixel codes (int8 x int8 -> int32), or approximate scores |y|^2 - 2 x.y of centred values
+   pixel codes (int8 x int8 -> int32; on CPUs without VNNI / AMX the same integers from float32
+   matmuls over blocks of 1,024 terms, exact by construction), or approximate scores |y|^2 - 2 x.y of centred values
    x = q - c, y = r - c (bf16 or float32 matmul; float64 as the last resort) with a rigorous
    bound E on |approx - exact|. Centring on the reference mean c leaves distances unchanged and
    shrinks |x| and |y|, hence E. A reference can be nearest only if approx - E <= min(approx + E).
@@ -39,6 +40,7 @@ _TINY = 2.0**-120  # covers subnormal flushing / absolute rounding of tiny value
 _INT32_SAFE_DIM = 40_000  # 3 * D * 128^2 < 2^31: larger D accumulates slabs in int64
 _KBLOCK = 2048  # float matmuls over more than 2 * _KBLOCK columns accumulate blocks of it
 _MAX_DIMS = 256
+_VERIFY_GROUP = 64  # queries verified together (their survivors united): fewer, larger calls
 
 
 def _gamma(k: int, u: float = _U32) -> float:
@@ -79,16 +81,24 @@ def _pixel_codes(x: np.ndarray) -> np.ndarray | None:
     """uint8 codes k when every float32 value is exactly k/255 (how RGB embeds pixels), else None."""
     if x.dtype != np.float32:
         return None
-    codes = np.empty(x.shape, dtype=np.uint8)
-    step = max(1, (1 << 24) // max(1, x.shape[1]))
-    for a in range(0, x.shape[0], step):
-        block = np.asarray(x[a : a + step])
+
+    def codes_of(block: np.ndarray) -> np.ndarray | None:
         k = np.rint(block * np.float32(PIXEL_LEVELS))
         if k.min(initial=0) < 0 or k.max(initial=0) > PIXEL_LEVELS:
             return None
         if not np.array_equal(k.astype(np.float32) / np.float32(PIXEL_LEVELS), block):
             return None
-        codes[a : a + step] = k.astype(np.uint8)
+        return k.astype(np.uint8)
+
+    if codes_of(np.asarray(x[:8])) is None:  # float embeddings off the lattice fail at once
+        return None
+    codes = np.empty(x.shape, dtype=np.uint8)
+    step = max(1, (1 << 24) // max(1, x.shape[1]))
+    for a in range(0, x.shape[0], step):
+        block = codes_of(np.asarray(x[a : a + step]))
+        if block is None:
+            return None
+        codes[a : a + step] = block
     return codes
 
 
@@ -120,8 +130,8 @@ class Manifold:
         *,
         device: str | torch.device = "auto",
         backend: str = "torch",
-        chunk_rows: int = 8192,
-        query_tile: int = 512,
+        chunk_rows: int = 4096,
+        query_tile: int = 2048,
         cache_bytes: int = 2 * 2**30,
         working_bytes: int | None = None,
         prune: bool | None = None,
@@ -206,7 +216,7 @@ class Manifold:
             empty = torch.empty(0, device=self.device)
             return empty.long(), empty.float()
         q_codes = None
-        if self.pixels and self.backend == "torch" and devices.fast_int8(self.device):
+        if self.pixels and self.backend == "torch" and devices.exact_int8(self.device):
             q_codes = q if q.dtype == np.uint8 else _pixel_codes(q)
         run = _Run(self, q, q_codes)
         idx, dist = run.search()
@@ -226,13 +236,29 @@ class Manifold:
             norms = _int_norms(t)
             norms = norms if wide else norms.to(torch.int32)
             return t.to(self.device), norms.to(self.device), 0.0
-        y = self._values64(rows) - self._mean()  # float64, one rounding of the centred value
-        n2 = np.einsum("ij,ij->i", y, y)
+        y = self._centred64(rows)  # float64, one rounding of the centred value
+        n2 = torch.einsum("ij,ij->i", y, y)
         dtype = {"bf16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}[kind]
         ndt = torch.float64 if kind == "float64" else torch.float32
-        yt = _pad_blocks(torch.from_numpy(y).to(dtype))  # rows (n x D'), zero columns add nothing
-        ymax = float(np.sqrt(n2.max())) * (1 + 1e-12)
-        return yt.to(self.device), torch.from_numpy(n2).to(ndt).to(self.device), ymax
+        yt = _pad_blocks(y.to(dtype))  # rows (n x D'), zero columns add nothing
+        ymax = float(n2.max().sqrt()) * (1 + 1e-12)
+        return yt.to(self.device), n2.to(ndt).to(self.device), ymax
+
+    def _centred64(self, rows: np.ndarray) -> torch.Tensor:
+        """float64 values of stored (or query) rows less the reference mean, as torch (CPU):
+        the same roundings as _values64 then a subtraction, several times faster than numpy."""
+        t = torch.from_numpy(np.ascontiguousarray(rows))
+        if rows.dtype == np.uint8:
+            if self._float32_values:
+                t = t.to(torch.float32).div_(PIXEL_LEVELS)
+            else:
+                return t.to(torch.float64).div_(PIXEL_LEVELS).sub_(self._mean_t())
+        return t.to(torch.float64).sub_(self._mean_t())
+
+    def _mean_t(self) -> torch.Tensor:
+        if getattr(self, "_centre_t", None) is None:
+            self._centre_t = torch.from_numpy(self._mean())
+        return self._centre_t
 
     def _prepared_chunks(self, kind: str):
         """(ids, rt, rn, ymax) over the whole store, cached when they fit in the cache budget."""
@@ -248,25 +274,32 @@ class Manifold:
             if keep:
                 cache.append((ids, rt, rn, ymax))
             yield ids, rt, rn, ymax
-        if keep:
-            self._prepared = (kind, cache)
+        if keep and cache:
+            # one tensor for the whole store (gathers of survivors index it once); chunks are views
+            whole = (torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), torch.cat([c[2] for c in cache]))
+            del cache
+            views, a = [], 0
+            for b in range(0, self.size, self.chunk_rows):
+                e = min(self.size, b + self.chunk_rows)
+                rn = whole[2][b:e]
+                ymax = 0.0 if kind == "int8" else math.sqrt(float(rn.max()) * (1 + 4 * _U32)) * (1 + 1e-12)
+                views.append((whole[0][b:e], whole[1][b:e], rn, ymax))
+            self._prepared = (kind, views, whole)
 
     def _gathered_chunks(self, ids: np.ndarray, kind: str):
         """The same over a subset of references (ascending ids): from the cache of prepared
         chunks when it holds this kind, else read from the store."""
         if self._prepared is not None and self._prepared[0] == kind:
-            starts = np.array([int(c[0][0]) for c in self._prepared[1]])
-            where = np.searchsorted(starts, ids, side="right") - 1
-            for c in np.unique(where):
-                part = ids[where == c]
-                cids, rt, rn, _ = self._prepared[1][c]
-                cols = torch.from_numpy(part - starts[c]).to(self.device)
-                sub_rn = rn[cols]
+            all_ids, all_rt, all_rn = self._prepared[2]
+            step = max(self.chunk_rows, (self.working_bytes // 8) // (4 * self.dim))
+            for a in range(0, len(ids), step):
+                cols = torch.from_numpy(ids[a : a + step]).to(self.device)
+                sub_rn = all_rn[cols]
                 if kind == "int8":
-                    yield cids[cols], rt[cols], sub_rn, 0.0
+                    yield all_ids[cols], all_rt[cols], sub_rn, 0.0
                 else:  # rn = fl(|y|^2): |y|^2 <= rn (1 + 2u)
                     ymax = math.sqrt(float(sub_rn.max()) * (1 + 4 * _U32)) * (1 + 1e-12)
-                    yield cids[cols], rt[cols], sub_rn, ymax
+                    yield all_ids[cols], all_rt[cols], sub_rn, ymax
             return
         for a in range(0, len(ids), self.chunk_rows):
             part = ids[a : a + self.chunk_rows]
@@ -390,7 +423,7 @@ class Manifold:
             self._proj = {}
             return None
         basis = _orthonormal(basis)  # the bound does not rely on it: it uses P's own norms
-        if self.pixels and devices.fast_int8(self.device):
+        if self.pixels and devices.exact_int8(self.device):
             proj = self._int_projection(basis)
         else:
             proj = self._float_projection(basis)
@@ -431,9 +464,9 @@ class Manifold:
         out = np.empty((self.size, p32.shape[1]))
         xn = np.empty(self.size)
         for a, rows in self._chunks():
-            y = self._values64(rows) - self._mean()
-            xn[a : a + len(rows)] = np.sqrt(np.einsum("ij,ij->i", y, y))
-            yt = _pad_blocks(torch.from_numpy(y).to(torch.float32)).to(self.device)
+            y = self._centred64(rows)
+            xn[a : a + len(rows)] = torch.einsum("ij,ij->i", y, y).sqrt().numpy()
+            yt = _pad_blocks(y.to(torch.float32)).to(self.device)
             out[a : a + len(rows)] = _blocked_mm(yt, pt).double().cpu().numpy()
         proj = {"kind": "float32", "pt": pt, "sigma": sigma * (1 + 1e-9), "unit": 1.0, "eps": eps, "x": xn}
         return self._finish_projection(proj, out)
@@ -445,15 +478,16 @@ class Manifold:
         margin = 1.01 * _U32 * pn + _TINY  # fl32 of the centred projection
         if proj["x"] is not None:
             margin += proj["eps"] * proj["x"]
-        step = 8192
+        pr = torch.from_numpy(out.astype(np.float32))
+        nr = (pr.double() ** 2).sum(1)
+        # one d x N matrix for one matmul per query tile; per block of references, its largest
+        # margin and norm (tighter thresholds than one maximum over the whole set)
+        prt, nr32 = pr.T.contiguous().to(self.device), nr.float().to(self.device)
         chunks = []
-        for a in range(0, self.size, step):
-            b = min(self.size, a + step)
-            pr = torch.from_numpy(out[a:b].astype(np.float32))
-            pr64 = pr.double()
-            nr = (pr64 * pr64).sum(1)
-            chunks.append((a, pr.T.contiguous().to(self.device), nr.float().to(self.device),
-                           float(margin[a:b].max()), float(np.sqrt(nr.max().item()))))
+        for a in range(0, self.size, 8192):
+            b = min(self.size, a + 8192)
+            chunks.append((a, b, float(margin[a:b].max()), float(np.sqrt(nr[a:b].max().item()))))
+        proj.update(prt=prt, nr=nr32)
         proj.update(centre=centre, chunks=chunks, dims=out.shape[1])
         return proj
 
@@ -465,6 +499,8 @@ class _Run:
         self.m, self.q, self.q_codes = m, q, q_codes
         self.n = len(q)
         self.exact_codes = q_codes is not None and not m._float32_values and q.dtype == np.uint8
+        # uint8 codes on both sides, whatever pass runs: the re-rank sums squared code differences exactly
+        self.code_pairs = m.pixels and not m._float32_values and q.dtype == np.uint8
         # float32 inputs on the code lattice differ from code/255 by one rounding per element
         self.eta = 0.0 if self.exact_codes or q_codes is None else 2 * _U32 * math.sqrt(m.dim) * 1.01
         if q_codes is not None:
@@ -473,6 +509,7 @@ class _Run:
             self.kind = m.precision
         else:
             self.kind = "bf16" if _fast_bf16(m.device) else "float32"
+        self.bufs = _Buffers()  # score tiles, reused
         self.reranked = 0
         self.brute = 0
         self.survivors = 0
@@ -483,7 +520,10 @@ class _Run:
         item = {"int8": 3, "bf16": 10, "float32": 12, "float64": 16}[self.kind]
         # the query tile holds its prepared form (about `item` bytes per element) and score tiles
         self.tile = max(1, min(m.query_tile, (wb // 4) // (item * m.dim + 16 * m.chunk_rows)))
-        self.batch = max(self.tile, min(self.n, (wb // 4) // (item * m.dim)))
+        # a batch keeps its prepared form (the stored bytes only; temporaries are per tile) while
+        # every reference chunk is prepared once for it: larger batches prepare the store less often
+        stored = {"int8": 1, "bf16": 2, "float32": 4, "float64": 8}[self.kind]
+        self.batch = max(self.tile, min(self.n, (wb // 4) // (stored * m.dim)))
 
     # ---- values --------------------------------------------------------------------------
     def q64(self, idx) -> np.ndarray:
@@ -498,11 +538,12 @@ class _Run:
         dtype = {"bf16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}[kind]
         out = torch.zeros((len(idx), _padded(self.m.dim)), dtype=dtype, device=self.m.device)
         norms = np.empty(len(idx))
-        c = self.m._mean()
+        c = self.m._mean_t()
         for a in range(0, len(idx), self.tile):
-            x = self.q64(idx[a : a + self.tile]) - c
-            norms[a : a + len(x)] = np.sqrt(np.einsum("ij,ij->i", x, x))
-            out[a : a + len(x), : self.m.dim] = torch.from_numpy(x).to(dtype).to(self.m.device)
+            rows = torch.from_numpy(np.ascontiguousarray(self.q[idx[a : a + self.tile]])).to(torch.float64)
+            x = (rows.div_(PIXEL_LEVELS) if self.q.dtype == np.uint8 else rows).sub_(c)  # as q64, less c
+            norms[a : a + len(x)] = torch.einsum("ij,ij->i", x, x).sqrt().numpy()
+            out[a : a + len(x), : self.m.dim] = x.to(dtype).to(self.m.device)
         return out, torch.from_numpy(norms).to(self.m.device)
 
     # ---- driver --------------------------------------------------------------------------
@@ -514,14 +555,21 @@ class _Run:
             return self.faiss(idx, dist)
         want = m.prune
         if want is None:
-            # on CPUs with fast int8/bf16 the full pass is cheap next to the bound's own pass
-            # (its epilogue over every pair) until D is large; the trial below switches it off
-            # again where the bound rules out too little
-            want = m.dim >= 32_768 and m.size >= 1024
+            # with fast int8/bf16 (VNNI, AMX, tensor cores) the full pass is cheap next to the
+            # bound's own pass (its epilogue over every pair) until D is large; with float32 only
+            # (AVX2 CPUs) the bound pays from D ~ 1,000 on large sets. Where the directions hold
+            # too little of the spread, _projection declines, and the trial below switches the
+            # bound off again where it rules out too little
+            fast = devices.fast_int8(m.device) if m.pixels else _fast_bf16(m.device)
+            want = (m.dim >= 32_768 and m.size >= 1024) or (not fast and m.dim >= 768 and m.size >= 16_384)
         proj = m._projection() if want else None
         if proj is not None and proj["kind"] == "int8" and self.q_codes is None:
             proj = None  # integer directions need queries on the code lattice
         self.pruning = proj is not None
+        if self.pruning:
+            # the verification reads survivors from the prepared store: prepare it once, when it fits
+            for _ in m._prepared_chunks(self.kind):
+                pass
         for b0 in range(0, self.n, self.batch):
             sel = np.arange(b0, min(self.n, b0 + self.batch))
             if self.pruning:
@@ -635,7 +683,7 @@ class _Run:
         for ids, rt, rn, ymax in source:
             for q0 in range(0, n, self.tile):
                 qs = qt[q0 : q0 + self.tile]
-                s = _score(kind, qs, rt, rn, wide)
+                s = _score(kind, qs, rt, rn, wide, self.bufs)
                 e = slack(qinfo[q0 : q0 + len(s)], ymax) if kind != "int8" else torch.zeros(len(s), dtype=torch.float64, device=dev)
                 u = ub[q0 : q0 + len(s)]
                 tile_min = s.amin(dim=1).to(torch.float64)
@@ -670,11 +718,19 @@ class _Run:
         d64 = np.empty(len(qi))
         for a in range(0, len(qi), step):
             q_part, r_part = qi[a : a + step], ri[a : a + step]
-            uniq, inv = np.unique(r_part, return_inverse=True)
-            ref64 = self.m._values64(self.m._gather(uniq))
-            diff = ref64[inv]
-            diff -= self.q64(sel[q_part])
-            d64[a : a + step] = np.einsum("nd,nd->n", diff, diff)
+            uniq_r, inv_r = np.unique(r_part, return_inverse=True)
+            uniq_q, inv_q = np.unique(q_part, return_inverse=True)
+            inv_r, inv_q = torch.from_numpy(inv_r), torch.from_numpy(inv_q)
+            if self.code_pairs:  # codes on both sides: exact integer sums, / 255^2 once
+                refs = torch.from_numpy(np.ascontiguousarray(self.m._gather(uniq_r))).to(torch.int16)
+                qs = torch.from_numpy(np.ascontiguousarray(self.q[sel[uniq_q]])).to(torch.int16)
+                diff = (refs[inv_r] - qs[inv_q]).to(torch.int32)
+                d64[a : a + step] = (diff * diff).sum(1, dtype=torch.int64).numpy() / PIXEL_LEVELS**2
+                continue
+            refs = torch.from_numpy(self.m._values64(self.m._gather(uniq_r)))
+            qs = torch.from_numpy(self.q64(sel[uniq_q]))
+            diff = refs[inv_r].sub_(qs[inv_q])  # float64 differences, as brute force has them
+            d64[a : a + step] = torch.einsum("nd,nd->n", diff, diff).numpy()
         order = np.lexsort((ri, d64, qi))  # by query, then distance, then index
         first = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
         idx[qi[first]] = ri[first]
@@ -711,9 +767,8 @@ class _Run:
             part = sel[t0 : t0 + tile]
             prepared = (self.kind, *self.prepare_queries(part, self.kind)) if proj["kind"] == "int8" else None
             pq, aq, pq2 = self.project_queries(part, proj, prepared)
-            scores = torch.empty((len(part), m.size), dtype=torch.float32, device=dev)
-            for a, prt, nr, _, _ in proj["chunks"]:
-                scores[:, a : a + prt.shape[1]] = torch.addmm(nr.unsqueeze(0), pq, prt, beta=1.0, alpha=-2.0)
+            buf = self.bufs.get("projected", (len(part), m.size), torch.float32, dev)
+            scores = torch.addmm(proj["nr"].unsqueeze(0), pq, proj["prt"], beta=1.0, alpha=-2.0, out=buf)
             # seeds: the best two by the bound, their exact distances bound each query's answer
             k = min(2, m.size)
             seed = torch.topk(scores, k, dim=1, largest=False).indices.cpu().numpy()
@@ -724,21 +779,17 @@ class _Run:
             radius = proj["unit"] * (np.sqrt(tq * (1 + 1e-9)) + self.eta) * (1 + 1e-9)
             r_t = torch.from_numpy(radius).to(dev)
             pqn = pq2.sqrt()
-            keep = torch.zeros((len(part), m.size), dtype=torch.bool, device=dev)
-            for a, prt, _, ar, pmax in proj["chunks"]:
+            keep = self.bufs.get("keep", (len(part), m.size), torch.bool, dev)
+            for a, b, ar, pmax in proj["chunks"]:
                 e = 1.05 * ((2 * g + 2 * _U32) * pqn * pmax + (g + 3 * _U32) * pmax * pmax) + _TINY
                 thr = (proj["sigma"] * r_t + aq + ar) ** 2 * (1 + 1e-9) + e - pq2
-                blk = scores[:, a : a + prt.shape[1]]
-                keep[:, a : a + prt.shape[1]] = blk <= _threshold_like(thr, torch.float32)[:, None]
+                keep[:, a:b] = scores[:, a:b] <= _threshold_like(thr, torch.float32)[:, None]
             del scores
-            self.survivors += int(keep.sum())
+            self.survivors += int(torch.count_nonzero(keep))
             self.pruned_queries += len(part)
             # verify in sub-tiles of similar queries, so their survivors overlap
-            order = torch.argsort(pq[:, 0]).cpu().numpy()
-            sub = 64  # fewer, larger verification calls: per-call overhead dominates small ones
             groups = []
-            for s0 in range(0, len(part), sub):
-                rows = order[s0 : s0 + sub]
+            for rows in _compact_groups(pq[:, :16].cpu().numpy(), _VERIFY_GROUP):
                 ids = torch.nonzero(keep[torch.from_numpy(rows).to(dev)].any(0)).squeeze(1).cpu().numpy()
                 groups.append((rows, ids))
             evaluated = sum(len(r) * len(i) for r, i in groups)
@@ -761,6 +812,24 @@ class _Run:
                 return
 
 
+def _compact_groups(points: np.ndarray, size: int) -> list[np.ndarray]:
+    """Indices of points cut into groups of at most `size` that lie close together: a k-d split
+    at the median of the widest coordinate, recursively (queries close together share the
+    references that survive their bounds, so a group's union stays small)."""
+    out, todo = [], [np.arange(len(points))]
+    while todo:
+        rows = todo.pop()
+        if len(rows) <= size:
+            out.append(rows)
+            continue
+        x = points[rows]
+        col = int(np.argmax(x.max(0) - x.min(0)))
+        order = rows[np.argsort(x[:, col], kind="stable")]
+        half = len(order) // 2
+        todo += [order[half:], order[:half]]
+    return out
+
+
 def _orthonormal(b: np.ndarray) -> np.ndarray:
     """Columns of b orthonormalised in float64 through their Gram matrix (twice, for accuracy)."""
     t = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))
@@ -770,13 +839,34 @@ def _orthonormal(b: np.ndarray) -> np.ndarray:
     return t.numpy()
 
 
-def _score(kind: str, q: torch.Tensor, rt: torch.Tensor, rn: torch.Tensor, wide: bool) -> torch.Tensor:
-    """Scores |r|^2 - 2 q.r of a query tile against a prepared chunk (m x n)."""
+def _score(kind: str, q: torch.Tensor, rt: torch.Tensor, rn: torch.Tensor, wide: bool,
+           bufs: _Buffers | None = None) -> torch.Tensor:
+    """Scores |r|^2 - 2 q.r of a query tile against a prepared chunk (m x n), written into a
+    reused buffer when bufs is given (a fresh multi-MB output per tile costs its page faults)."""
     if kind == "int8":
         return torch.sub(rn.to(torch.int64) if wide else rn, _int_dots(q, rt.T, wide), alpha=2)
+    bufs = bufs or _Buffers()
+    m, n = q.shape[0], rt.shape[0]
+    acc = torch.float64 if kind == "float64" else torch.float32
+    out = bufs.get("score", (m, n), acc, q.device)
     if kind in ("float32", "float64") and q.shape[1] <= 2 * _KBLOCK:
-        return torch.addmm(rn.unsqueeze(0), q, rt.T, beta=1.0, alpha=-2.0)
-    return torch.sub(rn.unsqueeze(0), _blocked_mm(q, rt, rows=True), alpha=2)
+        return torch.addmm(rn.unsqueeze(0), q, rt.T, beta=1.0, alpha=-2.0, out=out)
+    _blocked_mm(q, rt, rows=True, out=out, bufs=bufs)
+    return out.mul_(-2).add_(rn.unsqueeze(0))  # -2 x is exact: one rounding, as addmm's epilogue
+
+
+class _Buffers:
+    """Output buffers reused across the tiles of a search, by name, shape, dtype and device."""
+
+    def __init__(self) -> None:
+        self._held: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        t = self._held.get(name)
+        size = shape[0] * shape[1]
+        if t is None or t.dtype != dtype or t.device != device or t.numel() < size:
+            t = self._held[name] = torch.empty(size, dtype=dtype, device=device)
+        return t[:size].view(shape)
 
 
 def _padded(d: int) -> int:
@@ -789,25 +879,27 @@ def _pad_blocks(t: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, extra)) if extra else t.contiguous()
 
 
-def _blocked_mm(q: torch.Tensor, r: torch.Tensor, rows: bool = False) -> torch.Tensor:
+def _blocked_mm(q: torch.Tensor, r: torch.Tensor, rows: bool = False, out: torch.Tensor | None = None,
+                bufs: _Buffers | None = None) -> torch.Tensor:
     """q @ r (r given as rows when rows=True: q @ r.T), accumulated in float32 (float64 for
-    float64) over column blocks of _KBLOCK when D > 2 _KBLOCK: each block's partial sums come
-    from one batched matmul, then are summed over the blocks."""
+    float64) over column blocks of _KBLOCK when D > 2 _KBLOCK: each block's product goes to a
+    fresh output (so no library folds one block's sum into the next), then the blocks' partial
+    sums are added in turn (what _float_bound assumes)."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     d = q.shape[1]
+    m, n = q.shape[0], (r.shape[0] if rows else r.shape[1])
+    if out is None:
+        out = torch.empty((m, n), dtype=acc, device=q.device)
     if d <= 2 * _KBLOCK:
-        return (q @ (r.T if rows else r)).to(acc)
-    nb, m = d // _KBLOCK, q.shape[0]
-    qb = q.view(m, nb, _KBLOCK).transpose(0, 1)  # (nb, m, K)
-    n = r.shape[0] if rows else r.shape[1]
-    step = max(1, (32 * 2**20) // (4 * nb * max(1, m)))  # bounds the (nb, m, step) partials
-    out = torch.empty((m, n), dtype=acc, device=q.device)
-    for a in range(0, n, step):
-        if rows:
-            rb = r[a : a + step].view(-1, nb, _KBLOCK).permute(1, 2, 0)  # (nb, K, n')
+        return out.copy_(q @ (r.T if rows else r))
+    bufs = bufs or _Buffers()
+    part = bufs.get("block", (m, n), q.dtype, q.device)
+    for i, a in enumerate(range(0, d, _KBLOCK)):
+        torch.mm(q[:, a : a + _KBLOCK], r[:, a : a + _KBLOCK].T if rows else r[a : a + _KBLOCK], out=part)
+        if i == 0:
+            out.copy_(part)
         else:
-            rb = r[:, a : a + step].reshape(nb, _KBLOCK, -1)
-        out[:, a : a + step] = torch.bmm(qb, rb).to(acc).sum(0)
+            out.add_(part)
     return out
 
 
@@ -868,8 +960,11 @@ def _int_dots(q: torch.Tensor, rt: torch.Tensor, wide: bool) -> torch.Tensor:
 
 
 def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """torch._int_mm, padded where CUDA's kernel needs it (m > 16, n a multiple of 8); zeros add nothing."""
+    """torch._int_mm, padded where CUDA's kernel needs it (m > 16, n a multiple of 8); zeros add
+    nothing. On CPUs without fast int8 matmul (no VNNI / AMX), the same exact product in float32."""
     if a.device.type != "cuda":
+        if not devices.fast_int8(a.device):
+            return _int_mm_float(a, b)
         return torch._int_mm(a, b)  # the CPU kernel takes b transposed as a view
     b = b.contiguous()
     m, n = a.shape[0], b.shape[1]
@@ -878,3 +973,20 @@ def _int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         a = torch.nn.functional.pad(a, (0, 0, 0, pm))
         b = torch.nn.functional.pad(b, (0, pn))
     return torch._int_mm(a, b)[:m, :n]
+
+
+_EXACT_FLOAT_TERMS = 1024  # int8 products are at most 2^14 in size: 1,024 of them sum to at most 2^24
+
+
+def _int_mm_float(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (m x K int8) @ b (K x n int8) -> int32, exactly, through float32 matmuls: in a block of
+    1,024 terms every partial sum, in any order the library takes, is an integer of magnitude at
+    most 2^24, so float32 holds it exactly; blocks are added in float64 (exact below 2^53)."""
+    k = a.shape[1]
+    if k <= _EXACT_FLOAT_TERMS:
+        return (a.to(torch.float32) @ b.to(torch.float32)).to(torch.int32)
+    out = None
+    for s in range(0, k, _EXACT_FLOAT_TERMS):
+        part = (a[:, s : s + _EXACT_FLOAT_TERMS].to(torch.float32) @ b[s : s + _EXACT_FLOAT_TERMS].to(torch.float32))
+        out = part.double() if out is None else out.add_(part)
+    return out.to(torch.int32)

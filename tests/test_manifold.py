@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from fingerprint_core import devices
 from fingerprint_core.manifold import Manifold
+
+# pixel codes take the exact integer pass on every CPU (native int8 matmul or its float32 emulation)
+PIXEL_PATH = "int8" if devices.exact_int8(torch.device("cpu")) else "float32"
 
 
 def brute_force64(queries: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +60,8 @@ def test_pixel_codes_take_the_exact_integer_path(as_float):
     m = Manifold(ref_in, chunk_rows=100, query_tile=32)
     assert m.pixels  # stored as uint8: 4x smaller, exact
     stats = check(m, q_in, q_val, r_val)
-    assert stats.path == "int8"
+    # the integer pass where int8 matmul is fast (VNNI / AMX); float32 otherwise (AVX2-only CPUs)
+    assert stats.path == PIXEL_PATH
 
 
 def test_ties_go_to_the_lowest_reference_index():
@@ -208,7 +213,7 @@ def test_pixel_codes_with_and_without_pruning(prune):
     q[10] = ref[600]
     m = Manifold(ref, prune=prune, prune_dims=32, chunk_rows=300)
     stats = check(m, q, q / 255.0, ref / 255.0)
-    assert stats.path == "int8" and stats.pruned is prune
+    assert stats.path == PIXEL_PATH and stats.pruned is prune
     idx, _ = m.nearest(q[10:11])
     assert idx.item() == 600
     # float32 values on the code lattice: the same search with the rounding margin
@@ -321,4 +326,37 @@ def test_huge_dimension_pixels_memory_mapped(tmp_path):
     for prune in (False, True):
         m = Manifold(mm, prune=prune, working_bytes=256 * 2**20)
         stats = check_large(m, q, q / 255.0, ref / 255.0)
-        assert stats.path == "int8" and stats.pruned is prune
+        assert stats.path == PIXEL_PATH and stats.pruned is prune
+
+
+@pytest.mark.parametrize("prune", [False, True])
+@pytest.mark.parametrize("native", [False, True])
+def test_the_integer_path_is_exact_with_either_kernel(monkeypatch, prune, native):
+    """Native int8 matmul (VNNI / AMX CPUs) and its float32 emulation (AVX2 CPUs), each forced, so
+    every CPU tests both."""
+    monkeypatch.setattr(devices, "fast_int8", lambda device: native)
+    rng = np.random.default_rng(21)
+    base = rng.integers(0, 256, (30, 192))
+    ref = np.clip(base[rng.integers(0, 30, 900)] + rng.integers(-15, 16, (900, 192)), 0, 255).astype(np.uint8)
+    q = np.clip(base[rng.integers(0, 30, 120)] + rng.integers(-15, 16, (120, 192)), 0, 255).astype(np.uint8)
+    ref[400] = ref[300]  # a duplicate: ties go to the lowest index
+    q[0] = ref[300]
+    m = Manifold(ref, prune=prune, prune_dims=32, chunk_rows=250)
+    stats = check(m, q, q / 255.0, ref / 255.0)
+    assert stats.path == "int8" and stats.pruned is prune
+    assert m.nearest(q[:1])[0].item() == 300
+
+
+def test_the_float32_emulation_of_int8_matmul_is_exact_at_the_extremes():
+    from fingerprint_core.manifold import _int_mm_float
+
+    for k in (8, 1024, 1032, 40_000):
+        a = torch.full((3, k), -128, dtype=torch.int8)
+        b = torch.full((k, 2), -128, dtype=torch.int8)
+        b[:, 1] = 127
+        want = torch.tensor([[k * 16384, -k * 16256]] * 3, dtype=torch.int64)
+        assert torch.equal(_int_mm_float(a, b).to(torch.int64), want)
+    rng = np.random.default_rng(3)
+    a = torch.from_numpy(rng.integers(-128, 128, (17, 3000), dtype=np.int8))
+    b = torch.from_numpy(rng.integers(-128, 128, (3000, 9), dtype=np.int8))
+    assert torch.equal(_int_mm_float(a, b).to(torch.int64), a.to(torch.int64) @ b.to(torch.int64))
