@@ -168,6 +168,7 @@ class Manifold:
         self.chunk_rows = max(1, min(int(chunk_rows), self.working_bytes // (2 * 28 * self.dim)))
         self._centre: np.ndarray | None = None  # float64 reference mean (float paths)
         self._prepared: tuple[str, list] | None = None
+        self._spilled: tuple[str, np.memmap, list] | None = None  # see _spill_file
         self._proj: dict | None = None
         self._faiss_index = None
         self._raw_max_norm: float | None = None
@@ -265,15 +266,31 @@ class Manifold:
         if self._prepared is not None and self._prepared[0] == kind:
             yield from self._prepared[1]
             return
+        if self._spilled is not None and self._spilled[0] == kind:
+            _, rt_file, chunks = self._spilled
+            # read back in spans of several chunks (no float64 temporaries now): larger matmuls
+            span = max(1, (self.working_bytes // 4) // (4 * _padded(self.dim) * self.chunk_rows))
+            for c in range(0, len(chunks), span):
+                part = chunks[c : c + span]
+                a, b = part[0][0], part[-1][1]
+                rn = torch.cat([p[2] for p in part])
+                yield torch.arange(a, b), torch.from_numpy(rt_file[a:b]), rn, max(p[3] for p in part)
+            return
         item = {"int8": 1, "bf16": 2, "float32": 4, "float64": 8}[kind]
         keep = self.size * self.dim * item <= self.cache_bytes
-        cache = []
+        spill = None if keep else self._spill_file(kind)
+        cache, spilled = [], []
         for a, rows in self._chunks():
             rt, rn, ymax = self._prepare(rows, kind)
             ids = torch.arange(a, a + len(rows), device=self.device)
             if keep:
                 cache.append((ids, rt, rn, ymax))
+            if spill is not None:
+                spill[a : a + len(rows)] = rt.numpy()
+                spilled.append((a, a + len(rows), rn, ymax))
             yield ids, rt, rn, ymax
+        if spill is not None:  # complete (a consumer that stopped early leaves no half-written spill)
+            self._spilled = (kind, spill, spilled)
         if keep and cache:
             # one tensor for the whole store (gathers of survivors index it once); chunks are views
             whole = (torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), torch.cat([c[2] for c in cache]))
@@ -285,6 +302,26 @@ class Manifold:
                 ymax = 0.0 if kind == "int8" else math.sqrt(float(rn.max()) * (1 + 4 * _U32)) * (1 + 1e-12)
                 views.append((whole[0][b:e], whole[1][b:e], rn, ymax))
             self._prepared = (kind, views, whole)
+
+    def _spill_file(self, kind: str) -> np.memmap | None:
+        """Where a float32 store too large for the cache keeps its prepared (centred) form: an
+        unlinked temporary file, memory-mapped, so later passes read it instead of centring every
+        row again in float64 (the cost of each search call at large D). Its pages are the
+        kernel's file cache, not the process's memory; None on GPUs, for other kinds, or when
+        the temporary directory lacks the room."""
+        import shutil
+        import tempfile
+
+        if kind != "float32" or self.device.type != "cpu":
+            return None
+        need = self.size * _padded(self.dim) * 4
+        try:
+            if shutil.disk_usage(tempfile.gettempdir()).free < need + 2 * 2**30:
+                return None
+            handle = tempfile.TemporaryFile(prefix="manifpt-prepared-")
+            return np.memmap(handle, dtype=np.float32, mode="w+", shape=(self.size, _padded(self.dim)))
+        except OSError:
+            return None
 
     def _gathered_chunks(self, ids: np.ndarray, kind: str):
         """The same over a subset of references (ascending ids): from the cache of prepared
