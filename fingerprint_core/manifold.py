@@ -169,6 +169,7 @@ class Manifold:
         self._centre: np.ndarray | None = None  # float64 reference mean (float paths)
         self._prepared: tuple[str, list] | None = None
         self._spilled: tuple[str, np.memmap, list] | None = None  # see _spill_file
+        self._int8_norms: dict[int, torch.Tensor] = {}  # exact |r'|^2 per store chunk, by its start
         self._proj: dict | None = None
         self._faiss_index = None
         self._raw_max_norm: float | None = None
@@ -228,14 +229,19 @@ class Manifold:
         )
 
     # ---- prepared reference chunks ---------------------------------------------------------
-    def _prepare(self, rows: np.ndarray, kind: str):
-        """A chunk in the compute form: (rows on device, norms, max centred norm)."""
+    def _prepare(self, rows: np.ndarray, kind: str, start: int | None = None):
+        """A chunk in the compute form: (rows on device, norms, max centred norm). The exact norms
+        of a store chunk (given its start) are kept: a few bytes per row, costly to recompute."""
         t = torch.from_numpy(rows)
         if kind == "int8":
             t = _shift_int8(t)
             wide = self.dim > _INT32_SAFE_DIM
-            norms = _int_norms(t)
-            norms = norms if wide else norms.to(torch.int32)
+            norms = self._int8_norms.get(start) if start is not None else None
+            if norms is None:
+                norms = _int_norms(t)
+                norms = norms if wide else norms.to(torch.int32)
+                if start is not None:
+                    self._int8_norms[start] = norms
             return t.to(self.device), norms.to(self.device), 0.0
         y = self._centred64(rows)  # float64, one rounding of the centred value
         n2 = torch.einsum("ij,ij->i", y, y)
@@ -281,7 +287,7 @@ class Manifold:
         spill = None if keep else self._spill_file(kind)
         cache, spilled = [], []
         for a, rows in self._chunks():
-            rt, rn, ymax = self._prepare(rows, kind)
+            rt, rn, ymax = self._prepare(rows, kind, start=a)
             ids = torch.arange(a, a + len(rows), device=self.device)
             if keep:
                 cache.append((ids, rt, rn, ymax))
