@@ -167,6 +167,7 @@ class Manifold:
         # of the working set
         self.chunk_rows = max(1, min(int(chunk_rows), self.working_bytes // (2 * 28 * self.dim)))
         self._centre: np.ndarray | None = None  # float64 reference mean (float paths)
+        self._centre_t: torch.Tensor | None = None  # the same, as a tensor
         self._prepared: tuple[str, list] | None = None
         self._spilled: tuple[str, np.memmap, list] | None = None  # see _spill_file
         self._int8_norms: dict[int, torch.Tensor] = {}  # exact |r'|^2 per store chunk, by its start
@@ -263,7 +264,8 @@ class Manifold:
         return t.to(torch.float64).sub_(self._mean_t())
 
     def _mean_t(self) -> torch.Tensor:
-        if getattr(self, "_centre_t", None) is None:
+        """The reference mean as a (CPU) tensor, for _centred64."""
+        if self._centre_t is None:
             self._centre_t = torch.from_numpy(self._mean())
         return self._centre_t
 
@@ -301,7 +303,7 @@ class Manifold:
             # one tensor for the whole store (gathers of survivors index it once); chunks are views
             whole = (torch.cat([c[0] for c in cache]), torch.cat([c[1] for c in cache]), torch.cat([c[2] for c in cache]))
             del cache
-            views, a = [], 0
+            views = []
             for b in range(0, self.size, self.chunk_rows):
                 e = min(self.size, b + self.chunk_rows)
                 rn = whole[2][b:e]
