@@ -87,21 +87,21 @@ def sample_grid(
 
     artifacts: space -> float K x C x H x W (None when the workspace lacks that space), in column
     order. colour="mean" shows a colour artifact as its signed mean over channels on a diverging
-    scale centred on 0 (symmetric range shared by the column, colour bar above it); colour="rgb"
+    scale centred on 0 (symmetric range shared by the column, colour bar above it); colour="signed"
     shows it as a signed RGB image (each channel on the column's range, grey = 0), so a channel's
     own trace stays visible.
     """
     samples, nearest = np.asarray(samples), np.asarray(nearest)
     if samples.ndim != 4 or samples.shape != nearest.shape or len(samples) == 0:
         raise ValueError(f"samples {samples.shape} and nearest {nearest.shape} must both be K x C x H x W, K > 0")
-    if colour not in ("mean", "rgb"):
-        raise ValueError(f"colour={colour!r}: expected 'mean' or 'rgb'")
+    if colour not in ("mean", "signed"):
+        raise ValueError(f"colour={colour!r}: expected 'mean' or 'signed'")
     k, c, h, w = samples.shape
     labels = labels if labels is not None else [f"#{i}" for i in range(k)]
     if len(labels) != k:
         raise ValueError(f"{len(labels)} labels for {k} samples")
     labels = [plotly_label(lb) for lb in labels]  # text, whatever they hold
-    as_rgb = colour == "rgb" and c == 3
+    as_rgb = colour == "signed" and c == 3
     how = "<br>signed RGB, grey = 0" if as_rgb else ("<br>mean of 3 channels" if c == 3 else "")
     titles = titles or {}
     columns = list(artifacts)

@@ -51,10 +51,10 @@ def pixel_exact(space: str) -> bool:
 
 
 def colour_mode(samples: np.ndarray, key: str) -> str:
-    """For colour images, a choice of how artifacts are drawn: "mean" of channels or signed "rgb"."""
+    """For colour images, a choice of how artifacts are drawn: "mean" of channels or "signed" RGB."""
     if np.asarray(samples).shape[1] != 3:
         return "mean"
-    modes = {"mean": "Mean of channels", "rgb": "Signed RGB"}
+    modes = {"mean": "Mean of channels", "signed": "Signed RGB"}
     picked = st.segmented_control("Colour artifacts as", list(modes), format_func=modes.get, default="mean", key=key,
                                   help="Mean of channels: one diverging map. Signed RGB: each channel's artifact "
                                        "as that colour (grey = 0), so a trace in one channel stays visible.")

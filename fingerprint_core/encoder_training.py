@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fingerprint_core import devices, encoders
+from fingerprint_core import devices, encoders, spaces
 from fingerprint_core.encoders import ConvEncoder, EncoderConfig
 from fingerprint_core.fsio import atomic_write
 from fingerprint_core.pipeline import Progress
 
-KINDS = ("sl", "ssl")
+# the spaces whose offline default encoder is trained here, each by its SpaceInfo.encoder_objective
+KINDS = tuple(n for n in spaces.names() if spaces.info(n).encoder_objective)
 LABELS_FILE = "labels.csv"  # in DATA_ROOT/real/: file,label
 
 
@@ -107,7 +108,7 @@ SSL_AUGMENT = Augment(
 class TrainConfig:
     """Hyperparameters of one encoder's training (stored in its card and its weights' metadata)."""
 
-    kind: str = "sl"  # "sl": cross-entropy on class labels; "ssl": SimCLR, no labels
+    kind: str = "sl"  # the space; its encoder_objective says how: class labels (classifier) or none (SimCLR)
     epochs: int = 15
     batch_size: int = 256
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum 0.9) | "adamw"
@@ -137,7 +138,15 @@ SSL_TRAIN = TrainConfig(
     kind="ssl", epochs=20, batch_size=512, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
     temperature=0.2, augment=SSL_AUGMENT,
 )
-PRESETS = {"sl": SL_TRAIN, "ssl": SSL_TRAIN}
+OBJECTIVE_PRESETS = {"classifier": SL_TRAIN, "simclr": SSL_TRAIN}
+
+
+def supervised(kind: str) -> bool:
+    """Whether the space's encoder trains on class labels (a classifier) rather than without them (SimCLR)."""
+    return spaces.info(kind).encoder_objective == "classifier"
+
+
+PRESETS = {k: replace(OBJECTIVE_PRESETS[spaces.info(k).encoder_objective], kind=k) for k in KINDS}
 
 
 def encoder_config(kind: str, images: np.ndarray, *, num_classes: int = 10) -> EncoderConfig:
@@ -151,7 +160,7 @@ def encoder_config(kind: str, images: np.ndarray, *, num_classes: int = 10) -> E
     sample = images[:: max(1, len(images) // 10_000)].astype(np.float64) / 255  # the statistics of ~10k images
     stats = dict(mean=round(float(sample.mean()), 4), std=round(float(sample.std()) or 1.0, 4))
     shape = dict(in_channels=c, widths=widths, image_size=h, **stats)
-    if kind == "sl":
+    if supervised(kind):
         return EncoderConfig(feature_dim=128, num_outputs=num_classes, **shape)
     # SSL features: the last conv map pooled to 2 x 2 (512 values). On a train/validation split of
     # Fashion-MNIST (linear probe fit on 20,000 train images, scored on 10,000 others; epoch 5 of the
@@ -304,7 +313,7 @@ def train(
     if x_all.dtype != torch.uint8 or x_all.ndim != 4:
         raise ValueError(f"images must be uint8 N x C x H x W, got {x_all.dtype} {tuple(x_all.shape)}")
     y_all = None
-    if cfg.kind == "sl":
+    if supervised(cfg.kind):
         if labels is None or len(labels) != len(images):
             raise ValueError("SL training needs one class label per image")
         y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(dev)
@@ -354,7 +363,7 @@ def train(
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
-            if cfg.kind == "sl":
+            if supervised(cfg.kind):
                 logits = model.head(model.encode(cfg.augment(x_all[idx], gen)))
                 loss = F.cross_entropy(logits, y_all[idx])
                 acc = (logits.argmax(1) == y_all[idx]).float().mean()
@@ -381,7 +390,7 @@ def train(
         wall, t_seg = wall + now - t_seg, now
         if step % steps_per_epoch == 0:  # the epoch is complete
             row = {"epoch": epoch + 1, "loss": sums["loss"] / sums["n"],
-                   ("train_acc" if cfg.kind == "sl" else "pair_acc"): sums["acc"] / sums["n"],
+                   ("train_acc" if supervised(cfg.kind) else "pair_acc"): sums["acc"] / sums["n"],
                    "lr": opt.param_groups[0]["lr"], "wall_s": round(wall, 1)}
             if evaluate is not None:
                 row.update(evaluate(model))
@@ -431,7 +440,7 @@ def write_card(weights: str | os.PathLike) -> Path:
     macs = encoders.macs_per_image(enc)
     g = enc.feature_grid
     what = ("the last conv map, pooled to {g} x {g}," if g else "the penultimate features").format(g=g) + (
-        " of a classifier trained with cross-entropy on the class labels" if kind == "sl"
+        " of a classifier trained with cross-entropy on the class labels" if supervised(kind)
         else " of a SimCLR encoder trained without labels")
     readout = (f"the features: the last conv map average-pooled to {g} x {g} ({model.out_dim} values); "
                f"linear {enc.widths[-1]} -> {enc.feature_dim} + ReLU after a global average pool" if g else
@@ -453,7 +462,7 @@ def write_card(weights: str | os.PathLike) -> Path:
         f"({encoders.num_params(model, features_only=False) / 1e3:.0f}k with the head).",
         f"- Training: {cfg.epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} "
         f"(warmup {cfg.warmup_epochs:g} epoch, cosine), weight decay {cfg.weight_decay:g}"
-        + (f", temperature {cfg.temperature:g}" if kind == "ssl" else "") + f"; seed {cfg.seed}.",
+        + (f", temperature {cfg.temperature:g}" if not supervised(kind) else "") + f"; seed {cfg.seed}.",
         f"- Augmentation: {_describe_augment(cfg.augment)}.",
         f"- Wall time: {float(meta['wall_time_s']) / 60:.1f} min on {meta['device']} "
         f"({threads} thread{'s' if threads != 1 else ''}; {meta.get('cpu', 'unknown CPU')}), torch {meta.get('torch')}.",
@@ -539,7 +548,7 @@ def train_fashion_mnist(out: str | os.PathLike, *, kinds: tuple[str, ...] = KIND
             continue
         cfg = _config_for(kind, (epochs or {}).get(kind), seed)
         enc = encoder_config(kind, x_train, num_classes=10)
-        if kind == "sl":
+        if supervised(kind):
             def evaluate(m: ConvEncoder) -> dict:
                 # a monitor only: the last epoch is kept, whatever this shows
                 return {"test_acc": accuracy(m, x_test, y_test)}
@@ -548,24 +557,24 @@ def train_fashion_mnist(out: str | os.PathLike, *, kinds: tuple[str, ...] = KIND
             def evaluate(m: ConvEncoder) -> dict:
                 train_f, test_f = embed(m, x_train[:10_000], head_input=True), embed(m, x_test, head_input=True)
                 return {"knn_acc": knn_accuracy(train_f, y_train[:10_000], test_f, y_test)}
-        result = train(x_train, y_train if kind == "sl" else None, cfg, enc, device=device,
+        result = train(x_train, y_train if supervised(kind) else None, cfg, enc, device=device,
                        checkpoint=out / f"{kind}.ckpt", max_steps=max_steps, evaluate=evaluate, progress=progress)
         if _stopped(kind, result, progress):
             done[kind] = None
             continue
-        if kind == "sl":
+        if supervised(kind):
             acc = accuracy(result.model, x_test, y_test)
             metrics = {"Test accuracy (10,000 Fashion-MNIST test images)": f"{acc:.4f}"}
             meta = {"accuracy": f"{acc:.4f}", "metric": "test_accuracy"}
         else:
-            progress.log("ssl: linear probe (logistic regression on the frozen features, 60,000 train -> 10,000 test)")
+            progress.log(f"{kind}: linear probe (logistic regression on the frozen features, 60,000 train -> 10,000 test)")
             t = time.perf_counter()
             features = embed(result.model, x_train).numpy(), embed(result.model, x_test).numpy()
             acc = linear_probe(features[0], y_train, features[1], y_test)
             metrics = {"Linear-probe accuracy (standardised features, logistic regression C=1, "
                        "fit on 60,000 train, scored on 10,000 test)": f"{acc:.4f}"}
             meta = {"accuracy": f"{acc:.4f}", "metric": "linear_probe_accuracy"}
-            progress.log(f"ssl: linear probe {acc:.4f} ({time.perf_counter() - t:.0f} s)")
+            progress.log(f"{kind}: linear probe {acc:.4f} ({time.perf_counter() - t:.0f} s)")
         done[kind] = _finish(out, kind, result, cfg, data=data, metrics=metrics, meta=meta, command=command)
         progress.log(f"{kind}: {metrics} -> {done[kind]}")
     return done
@@ -646,21 +655,21 @@ def train_dataset(data_root: str | os.PathLike, out: str | os.PathLike | None = 
             perm = np.random.default_rng(cfg.seed).permutation(labelled)
             n_held = max(1, int(round(holdout * len(perm))))
             split = (np.sort(perm[n_held:]), np.sort(perm[:n_held]))
-        if kind == "sl":
+        if supervised(kind):
             if labels is None:
                 progress.log(
-                    f"sl: skipped: the SL space is a classifier of the real images and needs their class labels; "
+                    f"{kind}: skipped: the {kind.upper()} space is a classifier of the real images and needs their class labels; "
                     f"add {real / LABELS_FILE} with the columns file,label (file relative to real/, e.g. cats/001.png, "
-                    f"or x.npz[7] for an image inside an npz) and rerun with --kind sl")
+                    f"or x.npz[7] for an image inside an npz) and rerun with --kind {kind}")
                 done[kind] = None
                 continue
             if split is None:
-                progress.log(f"sl: skipped: {real / LABELS_FILE} gives fewer than 2 classes to the images read")
+                progress.log(f"{kind}: skipped: {real / LABELS_FILE} gives fewer than 2 classes to the images read")
                 done[kind] = None
                 continue
             train_idx, held_idx = split
             enc = encoder_config(kind, images[train_idx], num_classes=len(classes))
-            result = train(images[train_idx], labels[train_idx], cfg, enc, device=device, checkpoint=out / "sl.ckpt",
+            result = train(images[train_idx], labels[train_idx], cfg, enc, device=device, checkpoint=out / f"{kind}.ckpt",
                            max_steps=max_steps, progress=progress,
                            evaluate=lambda m, held=held_idx: {"heldout_acc": accuracy(m, images[held], labels[held])})
             if _stopped(kind, result, progress):
@@ -673,7 +682,7 @@ def train_dataset(data_root: str | os.PathLike, out: str | os.PathLike | None = 
             done[kind] = _finish(out, kind, result, cfg, data=data_sl, metrics=metrics, meta=meta, command=command)
         else:
             enc = encoder_config(kind, images)
-            result = train(images, None, cfg, enc, device=device, checkpoint=out / "ssl.ckpt", max_steps=max_steps,
+            result = train(images, None, cfg, enc, device=device, checkpoint=out / f"{kind}.ckpt", max_steps=max_steps,
                            progress=progress)
             if _stopped(kind, result, progress):
                 done[kind] = None

@@ -47,6 +47,9 @@ class SpaceInfo:
     fused: bool = False  # one of the paper's spaces, read together by the fused attributor
     dim_from_image: bool = True  # D follows the image's shape (else the network's width)
     artifact_label: str = "φ(x) − φ(x*)"  # how the app titles an artifact of this space
+    # how `manifpt encoders train` makes a learned space's offline default encoder from the real images:
+    # "classifier" (cross-entropy on their class labels) or "simclr" (contrastive, no labels); "" = none
+    encoder_objective: str = ""
 
 
 _REGISTRY: dict[str, SpaceInfo] = {}
@@ -305,6 +308,7 @@ register("rgb", RGBSpace, summary="pixels in [0, 1]", image_shaped=True, pixel_e
 register("freq", FreqSpace, summary="log magnitude spectrum per channel", image_shaped=True, fused=True,
          artifact_label="Δ log|F|")
 register("sl", _learned("sl"), summary="supervised encoder features (small CNN, or ResNet-50 from its weights)",
-         learned=True, fused=True, dim_from_image=False)
+         learned=True, fused=True, dim_from_image=False, encoder_objective="classifier")
 register("ssl", _learned("ssl"), summary="self-supervised encoder features (small CNN, or Barlow Twins ResNet-50 / "
-         "DINOv2 ViT-S/14 from their weights)", learned=True, fused=True, dim_from_image=False)
+         "DINOv2 ViT-S/14 from their weights)", learned=True, fused=True, dim_from_image=False,
+         encoder_objective="simclr")

@@ -91,7 +91,7 @@ def test_every_page_opens_on_the_colour_workspace(colour, page, monkeypatch):
     assert not at.exception
     assert not [e.value for e in at.error], (page, [e.value for e in at.error])
     if page == "page_models.py":  # the sample grid draws 64 x 64 colour samples and signed-RGB artifacts
-        at.segmented_control(key="models_colour").set_value("rgb").run()
+        at.segmented_control(key="models_colour").set_value("signed").run()
         assert not at.exception
         grid = [c for c in charts(at) if any(t.get("type") == "image" for t in c["data"])]
         assert grid, "no sample grid"

@@ -89,3 +89,24 @@ def test_a_workspace_built_with_a_missing_plugin_says_so(plugin, tmp_path, monke
     assert main(["attribute", str(ws), str(upload), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "pool2" in err and "MANIFPT_PLUGINS" in err and "Traceback" not in err
+
+
+def test_no_code_outside_the_registry_branches_on_a_space_name():
+    """What a space is comes from its SpaceInfo: no comparison with a registered space's name outside
+    spaces.py (data keyed by the paper's space names, such as its Table 5, is not a branch)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    names = set(spaces.names())
+    found = []
+    for path in sorted([*(root / "fingerprint_core").rglob("*.py"), *(root / "app").rglob("*.py")]):
+        if path == root / "fingerprint_core" / "spaces.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.Compare):
+                continue
+            sides = [node.left, *node.comparators]
+            values = [e for s in sides for e in (s.elts if isinstance(s, (ast.Tuple, ast.List, ast.Set)) else [s])]
+            if any(isinstance(v, ast.Constant) and v.value in names for v in values):
+                found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "\n".join(found)
