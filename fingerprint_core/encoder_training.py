@@ -28,8 +28,9 @@ from fingerprint_core.encoders import ConvEncoder, EncoderConfig
 from fingerprint_core.fsio import atomic_write
 from fingerprint_core.pipeline import Progress
 
+OBJECTIVES = ("classifier", "simclr")  # cross-entropy on class labels; SimCLR, no labels
 # the spaces whose offline default encoder is trained here, each by its SpaceInfo.encoder_objective
-KINDS = tuple(n for n in spaces.names() if spaces.info(n).encoder_objective)
+KINDS = tuple(n for n in spaces.names() if spaces.info(n).encoder_objective in OBJECTIVES)
 LABELS_FILE = "labels.csv"  # in DATA_ROOT/real/: file,label
 
 
