@@ -314,7 +314,8 @@ def train(
     if x_all.dtype != torch.uint8 or x_all.ndim != 4:
         raise ValueError(f"images must be uint8 N x C x H x W, got {x_all.dtype} {tuple(x_all.shape)}")
     y_all = None
-    if supervised(cfg.kind):
+    labelled = supervised(cfg.kind)  # once: the step loop below asks every step
+    if labelled:
         if labels is None or len(labels) != len(images):
             raise ValueError("SL training needs one class label per image")
         y_all = torch.as_tensor(np.asarray(labels, dtype=np.int64)).to(dev)
@@ -364,7 +365,7 @@ def train(
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step, total, steps_per_epoch)
-            if supervised(cfg.kind):
+            if labelled:
                 logits = model.head(model.encode(cfg.augment(x_all[idx], gen)))
                 loss = F.cross_entropy(logits, y_all[idx])
                 acc = (logits.argmax(1) == y_all[idx]).float().mean()
@@ -391,7 +392,7 @@ def train(
         wall, t_seg = wall + now - t_seg, now
         if step % steps_per_epoch == 0:  # the epoch is complete
             row = {"epoch": epoch + 1, "loss": sums["loss"] / sums["n"],
-                   ("train_acc" if supervised(cfg.kind) else "pair_acc"): sums["acc"] / sums["n"],
+                   ("train_acc" if labelled else "pair_acc"): sums["acc"] / sums["n"],
                    "lr": opt.param_groups[0]["lr"], "wall_s": round(wall, 1)}
             if evaluate is not None:
                 row.update(evaluate(model))
