@@ -31,30 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fingerprint_core import devices  # noqa: E402
-from fingerprint_core.attribution import openset, predict  # noqa: E402
+from fingerprint_core.attribution import open_world, predict  # noqa: E402
 from fingerprint_core.attribution import split as split_mod  # noqa: E402
 from fingerprint_core.workspace import Workspace  # noqa: E402
-
-
-def foreign_images(folder: Path, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    out = {}
-    for d in sorted(p for p in folder.iterdir() if (p / "samples.npz").is_file()):
-        with np.load(d / "samples.npz") as z:
-            x = z["images"]
-        out[d.name] = (x[:, None] if x.ndim == 3 else x).reshape(len(x), *shape)
-    return out
-
-
-def shares(verdicts: np.ndarray) -> dict[str, float]:
-    return {v: float(np.mean(verdicts == v)) for v in ("real", "unknown", "known")}
-
-
-def set_score(decision, stats: np.ndarray, n: int) -> float:
-    """How far the set is from every known generated class: min over them of MMD^2 / its threshold at n."""
-    rule = decision.set_rule
-    i = rule.size_index(n)
-    gen = decision.generated()
-    return float(np.min(stats[gen] / np.maximum(rule.thresholds[i][gen], 1e-12)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,71 +55,26 @@ def main(argv: list[str] | None = None) -> int:
     a = predict.Attributor(ws, device="cpu")
     d = a.decision
     models = a.classes["model"]
-    gen_names = [models[i] for i in d.generated()]
 
     table = split_mod.workspace_split(ws, seed=int(ws.manifest["attribution"].get("split_seed", 0)))
     test = table[(table["part"] == "test") & table["model"].isin(models)].reset_index(drop=True)
     f, z = a.method.features_and_logits(split_mod.load_inputs(ws, test, a.method.needs))
     z = z["model"]
-    v = d.verdicts(f, z)
     names = test["model"].to_numpy().astype(str)
     is_real = names == split_mod.REAL
     gen = ~is_real
-    right = v["verdict"][gen] == "known"
-    right_model = np.asarray(models)[v["model"][gen]] == names[gen]
 
-    src = {"known": (f[gen], z[gen]), "real": (f[is_real], z[is_real])}
-    foreign = foreign_images(args.foreign, a.shape) if args.foreign.is_dir() else {}
+    foreign = open_world.load_foreign(args.foreign, a.shape) if args.foreign.is_dir() else {}
+    projected = {}
     for m, x in foreign.items():
         _, _, ff, zz = a.forward(x)
-        src[f"foreign:{m}"] = (ff, zz["model"])
-    rows = []
-
-    def image_row(name, ff, zz, extra=None):
-        vv = d.verdicts(ff, zz)
-        rows.append({"source": name, "n": len(ff), **shares(vv["verdict"]), **(extra or {})})
-        return vv
-
-    image_row("known (test)", *src["known"], {"right model": float(np.mean(right & right_model))})
-    image_row("real (test)", *src["real"])
-    fv = {k: image_row(k, *val) for k, val in src.items() if k.startswith("foreign:")}
-    figures = {"machine": devices.cpu_name(), "threads": args.threads, "per_image": rows}
-    if fv:
-        all_f = np.concatenate([x["score"] for x in fv.values()])
-        all_pr = np.concatenate([x["p_real"] for x in fv.values()])
-        figures["foreign_auroc_open_set"] = openset.auroc(v["score"][gen], all_f)
-        figures["real_vs_foreign_auroc_p_real"] = openset.auroc(all_pr, v["p_real"][is_real])  # real ranked above
-        figures["foreign_called_real"] = float(np.mean(np.concatenate([x["verdict"] for x in fv.values()]) == "real"))
-        figures["foreign_per_model_auroc"] = {k: openset.auroc(v["score"][gen], x["score"]) for k, x in fv.items()}
-    figures["real_called_real"] = float(np.mean(v["verdict"][is_real] == "real"))
-
-    # ---- sets --------------------------------------------------------------------------------------
-    rng = np.random.default_rng(0)
-    set_rows = []
-    for n in [int(s) for s in args.sizes.split(",")]:
-        known_scores, foreign_scores = [], []
-        for source, (ff, zz), truth in ([(m, (f[names == m], z[names == m]), m) for m in gen_names]
-                                        + [("real", src["real"], "real")]
-                                        + [(k, val, None) for k, val in src.items() if k.startswith("foreign:")]):
-            if len(ff) < n:
-                continue
-            got = []
-            for _ in range(args.sets):
-                idx = rng.choice(len(ff), n, replace=False)
-                r = d.set_at(ff[idx], zz[idx])
-                said = models[r["model"]] if r["verdict"] == "known" else r["verdict"]
-                got.append(said)
-                score = set_score(d, np.array(list(r["mmd2"].values())), n)
-                (foreign_scores if truth is None else known_scores if truth != "real" else []).append(score)
-            got = np.asarray(got)
-            kind = "foreign" if truth is None else "real" if truth == "real" else "known"
-            set_rows.append({"n": n, "kind": kind, "source": source,
-                             "right": float(np.mean(got == ("unknown" if truth is None else truth))),
-                             "unknown": float(np.mean(got == "unknown")), "real": float(np.mean(got == "real"))})
-        if foreign_scores:
-            figures.setdefault("set_auroc", {})[n] = openset.auroc(np.array(known_scores), np.array(foreign_scores))
-    figures["sets"] = set_rows
+        projected[m] = (ff, zz["model"])
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    figures = {"machine": devices.cpu_name(), "threads": args.threads,
+               **open_world.evaluate(d, (f[gen], z[gen], names[gen]), (f[is_real], z[is_real]), projected,
+                                     sizes=sizes, n_sets=args.sets)}
     figures["seconds"] = round(time.perf_counter() - t0, 1)
+    rows, set_rows = figures["per_image"], figures["sets"]
 
     print(f"# open world on {ws.path} ({a.kind} attributor; {figures['machine']}; {args.threads} thread(s); "
           f"load {os.getloadavg()[0]:.2f})\n")

@@ -541,7 +541,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                             device=args.device, train_per_model=args.train_per_model, max_epochs=args.max_epochs,
                             robust=args.robust, robust_copies=args.robust_copies,
                             **({} if args.robust_p is None else {"robust_p": args.robust_p}),
-                            progress=_PartProgress(args.quiet))
+                            foreign=args.foreign, foreign_sets=args.foreign_sets, progress=_PartProgress(args.quiet))
     except KeyboardInterrupt:
         print(f"interrupted: finished parts are kept in {args.out}; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -584,6 +584,10 @@ def _add_bench_command(sub) -> None:
                         "recipe of `manifpt train --robust`; ManiFPT on re-projected artifacts, cached in the workspace)")
     b.add_argument("--robust-copies", type=int, default=1, help="perturbed copies per image with --robust (default 1)")
     b.add_argument("--robust-p", type=float, default=None, help="probability of each perturbation with --robust (default 0.5)")
+    b.add_argument("--foreign", type=Path, default=None,
+                   help="a foreign set: a folder of <model>/samples.npz from generators outside the workspace (the "
+                        "demo's: assets/foreign/models), only measured on (protocol g: per-image and set-level open world)")
+    b.add_argument("--foreign-sets", type=int, default=100, help="seeded sets per source and size in protocol g (default 100)")
     b.add_argument("--quiet", "-q", action="store_true", help="no progress bar or per-part lines")
     b.set_defaults(run=_cmd_bench)
 

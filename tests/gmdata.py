@@ -62,6 +62,21 @@ def make_gm_dataset(folder: Path, *, channels: int = 1, size: int = 16, n_real: 
     return folder
 
 
+def write_foreign_set(root: Path, n: int, size: int, seed: int = 9) -> Path:
+    """A foreign set in the zoo's samples.npz layout (grayscale N x H x W uint8): two toy generators no
+    toy workspace has, toy_cols (column stripes) and toy_grid (a coarse grid of bright dots)."""
+    rng = np.random.default_rng(seed)
+    for name in ("toy_cols", "toy_grid"):
+        x = blob_images(n, size, 1, rng)[..., 0].astype(np.float32)
+        if name == "toy_cols":
+            x[:, :, ::2] += 15
+        else:
+            x[:, ::4, ::4] = 255
+        (root / name).mkdir(parents=True)
+        np.savez_compressed(root / name / "samples.npz", images=np.clip(x, 0, 255).round().astype(np.uint8))
+    return root
+
+
 def add_model(root: Path, name: str, design: tuple[str, str, str, str], images: np.ndarray) -> None:
     """Write a model folder of PNGs (images N x H x W x C) and append its row to models.csv."""
     target = root / "models" / name

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from app import figures_attribution as fat
 from app import state_attribution as sa
 from app_util import charts, decode, open_page
-from gmdata import add_model, blob_images, make_gm_dataset
+from gmdata import add_model, blob_images, make_gm_dataset, write_foreign_set
 
 NAME = "gm-attr"
 _BUILT: dict[str, Path] = {}  # one build per test session, whichever module asks first
@@ -32,7 +32,7 @@ _BUILT: dict[str, Path] = {}  # one build per test session, whichever module ask
 
 def attribution_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root with one 1 x 16 x 16 workspace (three toy models + real, rgb and freq), an rgb attributor trained
-    on it (8 epochs), and a tiny real benchmark of it in <workspace>-bench."""
+    on it (8 epochs), and a tiny real benchmark of it (with a toy foreign set) in <workspace>-bench."""
     if NAME in _BUILT:
         return _BUILT[NAME]
     import torch
@@ -55,8 +55,9 @@ def attribution_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         train.train(ws, kinds=["rgb"], epochs=8, device="cpu")
         methods = {"Durall20": lambda: baselines.create("Durall20", Cs=(0.1, 1.0)),
                    "manifpt-rgb": lambda: ManiFPT("rgb", epochs=8, batch_size=16)}
+        foreign = write_foreign_set(tmp_path_factory.mktemp("attr-foreign"), 30, 16)
         bench.Bench(Workspace.open(ws), sa.bench_dir(str(ws)), methods,
-                    settings=bench.Settings(seeds=(0, 1), lodo_folds=0, device="cpu")).run()
+                    settings=bench.Settings(seeds=(0, 1), lodo_folds=0, device="cpu", foreign=str(foreign), foreign_sets=10)).run()
     finally:
         torch.set_num_threads(before)
     _BUILT[NAME] = root
@@ -322,6 +323,10 @@ def test_benchmark_shows_the_table_charts_and_a_reading_of_the_real_results(monk
     closed = summary[(summary.protocol == "closed") & (summary.metric == "accuracy")].set_index("method")
     assert table.loc["Durall20", "a accuracy"].startswith(f"{closed.loc['Durall20', 'mean']:.2f} ± ")
     assert table.loc["chance", "a accuracy"] == f"{1 / 4:.2f}"  # three models and real
+    # g: the toy foreign set, per image and as sets, with chance beside the AUROCs and the right model
+    assert {"g AUROC", "g called real", "g real kept", "g sets AUROC n=5", "g sets right model n=5"} <= set(table.columns)
+    assert table.loc["chance", "g AUROC"] == "0.50" and table.loc["chance", "g sets right model n=5"] == f"{1 / 3:.2f}"
+    assert table.loc["chance", "g called real"] == "-"
     figs = charts(at)
     titles = [f["layout"]["title"]["text"] for f in figs]
     assert titles[:-1] == [fat.PROTOCOLS[p] for p in fat.PROTOCOLS if p != "twins"]

@@ -13,7 +13,7 @@ from fingerprint_core.attribution import baselines, bench
 from fingerprint_core.attribution.manifpt import ManiFPT
 from fingerprint_core.cli import main
 from fingerprint_core.workspace import Workspace
-from gmdata import TOY_MODELS, add_model, blob_images, make_gm_dataset, model_images
+from gmdata import TOY_MODELS, add_model, blob_images, make_gm_dataset, model_images, write_foreign_set
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny training steps: see conftest
 
@@ -35,20 +35,29 @@ def bench_ws(tmp_path_factory) -> Workspace:
     return Workspace.open(path)
 
 
+@pytest.fixture(scope="module")
+def foreign_dir(tmp_path_factory):
+    """A foreign set of two toy generators the workspace lacks (column stripes; a coarse grid), 40 samples
+    each in the zoo's samples.npz layout (grayscale N x H x W)."""
+    return write_foreign_set(tmp_path_factory.mktemp("foreign"), 40, 16)
+
+
 def tiny_methods() -> dict:
     return {"Durall20": lambda: baselines.create("Durall20", Cs=(0.1, 1.0)),
             "manifpt-rgb": lambda: ManiFPT("rgb", epochs=2, batch_size=16)}
 
 
-def run_tiny(ws, out, seeds=(0,)) -> bench.Bench:
-    b = bench.Bench(ws, out, tiny_methods(), settings=bench.Settings(seeds=seeds, lodo_folds=0, device="cpu"))
+def run_tiny(ws, out, seeds=(0,), foreign=None) -> bench.Bench:
+    settings = bench.Settings(seeds=seeds, lodo_folds=0, device="cpu", foreign=None if foreign is None else str(foreign),
+                              foreign_sets=10)
+    b = bench.Bench(ws, out, tiny_methods(), settings=settings)
     b.results_ = b.run()
     return b
 
 
-def test_a_tiny_bench_runs_every_protocol_writes_three_files_and_resumes(bench_ws, tmp_path):
+def test_a_tiny_bench_runs_every_protocol_writes_three_files_and_resumes(bench_ws, foreign_dir, tmp_path):
     out = tmp_path / "bench"
-    first = run_tiny(bench_ws, out)
+    first = run_tiny(bench_ws, out, foreign=foreign_dir)
     res = first.results_
     assert first.reused == 0 and first.computed > 0
     for name in ("Durall20", "manifpt-rgb"):
@@ -65,6 +74,13 @@ def test_a_tiny_bench_runs_every_protocol_writes_three_files_and_resumes(bench_w
         assert len(parts["openset"]["s0"]["folds"]) == 4  # one fold per model: four groups of one
         assert parts["twins"]["s0"]["groups"] == [["toy_gan", "toy_gan_b"]]
         assert parts["twins"]["s0"]["chance"] == pytest.approx(0.5)
+        g = parts["foreign"]["s0"]
+        assert g["models"] == ["toy_cols", "toy_grid"] and 0 <= g["auroc"] <= 1
+        assert 0 <= g["called_real"] <= 1 and 0 <= g["real_kept"] <= 1 and g["right_model_chance"] == pytest.approx(1 / 4)
+        assert set(g["per_model_auroc"]) == {"toy_cols", "toy_grid"}
+        assert "5" in g["sets"] and 0 <= g["sets"]["5"]["auroc"] <= 1  # 8 test images per model: sets of 5 only
+        assert [r["source"] for r in g["per_image"]] == ["known (test)", "real (test)", "foreign:toy_cols", "foreign:toy_grid"]
+        assert [r["n"] for r in g["per_image"]][2:] == [40, 40]
     durall = res["parts"]["Durall20"]["closed"]["s0"]
     assert durall["accuracy"] > 2 * durall["chance"]  # the toy traces are easy for a spectrum
 
@@ -76,15 +92,15 @@ def test_a_tiny_bench_runs_every_protocol_writes_three_files_and_resumes(bench_w
     assert set(csv["protocol"]) == set(bench.PROTOCOLS)
     md = (out / "results.md").read_text()
     for text in ("| Durall20 |", "| manifpt-rgb |", "| chance |", "a closed acc", "b twins acc", "c JPEG 75",
-                 "d LODO upsampling", "e AUROC", "f FDR", "Split fixed at seed 0"):
+                 "d LODO upsampling", "e AUROC", "f FDR", "g foreign AUROC", "g sets AUROC n=5", "Split fixed at seed 0"):
         assert text in md, text
 
-    again = run_tiny(bench_ws, out)  # nothing changed: every part comes from its file
+    again = run_tiny(bench_ws, out, foreign=foreign_dir)  # nothing changed: every part comes from its file
     assert again.computed == 0 and again.reused == first.computed
     assert again.results_["summary"] == res["summary"]
 
     (out / "parts" / "Durall20" / "fisher-s0.json").unlink()  # a lost part is computed again, alone
-    third = run_tiny(bench_ws, out, seeds=(0, 1))  # and a new seed adds only its own parts
+    third = run_tiny(bench_ws, out, seeds=(0, 1), foreign=foreign_dir)  # and a new seed adds only its own parts
     assert third.computed == 1 + 2 * 4  # that part, then closed, robust, fisher, twins at seed 1 per method
     assert set(third.results_["parts"]["manifpt-rgb"]["closed"]) == {"s0", "s1"}
     summary = {(r["method"], r["protocol"], r["metric"]): r for r in third.results_["summary"]}
@@ -166,6 +182,12 @@ def test_the_bench_command(bench_ws, tmp_path, capsys):
     assert capsys.readouterr().out == printed
     assert main(["bench", str(bench_ws.path), "--out", str(out), "--methods", "clip"]) == 1
     assert "unknown method 'clip'" in capsys.readouterr().err
+    small = write_foreign_set(tmp_path / "foreign-8px", 10, 8)  # another image size: refused by file, before training
+    assert main(["bench", str(bench_ws.path), "--out", str(out), "--foreign", str(small), "--seeds", "0"]) == 1
+    err = capsys.readouterr().err
+    assert str(small / "toy_cols" / "samples.npz") in err and "needs uint8 (1, 16, 16)" in err
+    assert main(["bench", str(bench_ws.path), "--out", str(out), "--foreign", str(tmp_path / "none"), "--seeds", "0"]) == 1
+    assert "not a folder" in capsys.readouterr().err
     assert main(["bench", str(bench_ws.path), "--out", str(out), "--seeds", "a,b"]) == 1
     assert "--seeds" in capsys.readouterr().err
     assert main(["bench", str(bench_ws.path), "--out", str(bench_ws.path / "results"), "--seeds", "0"]) == 1

@@ -19,6 +19,12 @@ augmentation):
                first seed only
     f fisher   Fisher discriminant ratio (trace of between- over within-class scatter) of the
                closed-set model's features on the test split, model labels, per seed
+    g foreign  with --foreign DIR (generators outside the workspace, never trained or calibrated on):
+               the closed-set model's three-step decision (decision.fit on its training and
+               validation features) measured by open_world.evaluate: per image, AUROC of foreign
+               against known generated test images and the share of foreign images called real
+               (beside the share of real test images kept); per set of one source at n = 5, 20, 50,
+               the set AUROC and the share of known sets given the right model; first seed only
 
 Layout of the output folder (everything JSON or safetensors/npz; nothing pickled)::
 
@@ -54,7 +60,8 @@ import numpy as np
 import pandas as pd
 
 from fingerprint_core import devices, protocol
-from fingerprint_core.attribution import baselines, openset, robustness
+from fingerprint_core.attribution import baselines, open_world, openset, robustness
+from fingerprint_core.attribution import decision as decision_mod
 from fingerprint_core.attribution import split as split_mod
 from fingerprint_core.attribution.bench_report import (
     PROTOCOLS,
@@ -219,6 +226,8 @@ class Settings:
     robust: bool = False  # train every method on clean + perturbed copies (robustness.augment)
     robust_copies: int = 1
     robust_p: float = robustness.P
+    foreign: str | None = None  # a foreign set's folder (<model>/samples.npz): the g protocol
+    foreign_sets: int = open_world.N_SETS  # seeded sets per source and size in the g protocol
 
     def robust_training(self) -> dict | None:
         """The robust-training setting as data (None when off): part of every part's key."""
@@ -272,6 +281,14 @@ class Bench:
         self._robust: dict[tuple[str, int], np.ndarray] = {}  # (images | space, copy) -> arrays of the fit rows
         self.lodo_plan = self._lodo_plan()
         self.openset_plan = self._openset_plan()
+        self._foreign: dict[str, np.ndarray] = {}  # "images" | space -> the foreign images' rows, all models
+        self._foreign_names: np.ndarray | None = None
+        self._foreign_key = None
+        if self.settings.foreign is not None:  # read (and refused, by file) before any training
+            self._foreign_key = open_world.foreign_key(self.settings.foreign)
+            loaded = open_world.load_foreign(self.settings.foreign, tuple(int(v) for v in ws.config["image_shape"]))
+            self._foreign["images"] = np.concatenate(list(loaded.values()))
+            self._foreign_names = np.concatenate([[m] * len(x) for m, x in loaded.items()])
 
     # -- data ----------------------------------------------------------------------------------
     def inputs(self, needs: tuple[str, ...], rows: np.ndarray) -> Inputs:
@@ -320,6 +337,17 @@ class Bench:
                        {sp: self._robust[(sp, c)][pos] for sp in needs if sp != "images"})
                 for c in range(s.robust_copies)]
 
+    def foreign_inputs(self, needs: tuple[str, ...]) -> dict[str, Inputs]:
+        """model -> its foreign images, or their artifacts projected through each space and its exact
+        manifold like any user's image (projected once per run)."""
+        for s in needs:
+            if s != "images" and s not in self._foreign:
+                self.progress.log(f"projecting the foreign images in {s}")
+                self._foreign[s] = self._reprojector.artifacts(self._foreign["images"], s)
+        x = Inputs(self._foreign["images"] if "images" in needs else None,
+                   {s: self._foreign[s] for s in needs if s != "images"})
+        return {m: x.take(np.flatnonzero(self._foreign_names == m)) for m in dict.fromkeys(self._foreign_names)}
+
     def targets(self, rows: np.ndarray, classes: dict[str, list[str]]) -> dict[str, np.ndarray]:
         return split_mod.targets(self.ws, self.table.iloc[rows], classes)
 
@@ -333,7 +361,9 @@ class Bench:
     def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
         extra = {"lodo": [LODO_VERSION, self.lodo_plan],
                  "openset": [[(f.calibration, f.test) for f in self.openset_plan], openset.SCORES],
-                 "robust": [PERTURBATIONS, JPEG_QUALITIES, NOISE_SIGMA]}.get(protocol)
+                 "robust": [PERTURBATIONS, JPEG_QUALITIES, NOISE_SIGMA],
+                 "foreign": [self._foreign_key, self.settings.foreign_sets, decision_mod.VERSION, decision_mod.REAL_KEEP,
+                             decision_mod.REAL_REGION, decision_mod.UNKNOWN_SCORE, decision_mod.FIT_PER_CLASS]}.get(protocol)
         parts = [VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
                  protocol, seed, fold, extra]
         robust = self.settings.robust_training()
@@ -549,6 +579,38 @@ class Bench:
             out[kind] = openset.evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"])
         return out
 
+    def foreign(self, name: str, seed: int) -> dict:
+        if self.settings.foreign is None:
+            return self._skip(name, "foreign", seed, "no foreign set given (--foreign DIR)")
+
+        def compute():
+            model = self.closed_model(name, seed)
+            classes = self.classes["model"]
+
+            def seen(x: Inputs) -> tuple[np.ndarray, np.ndarray]:
+                if hasattr(model, "features_and_logits"):  # one pass where the method has it
+                    f, z = model.features_and_logits(x)
+                    return f, z["model"]
+                return model.features(x), model.logits(x)["model"]
+
+            def part(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                return (*seen(self.inputs(model.needs, rows)), self.targets(rows, self.classes)["model"])
+
+            fit_rows = self.table.index.get_indexer(decision_mod.part_rows(self.table, "train", decision_mod.FIT_PER_CLASS).index)
+            d = decision_mod.fit(classes, part(fit_rows), part(self.part["val"]))
+            f, z, y = part(self.part["test"])
+            names = np.asarray(classes)[y]
+            real = names == split_mod.REAL
+            foreign = {m: seen(x) for m, x in self.foreign_inputs(model.needs).items()}
+            fig = open_world.evaluate(d, (f[~real], z[~real], names[~real]), (f[real], z[real]), foreign,
+                                      n_sets=self.settings.foreign_sets, seed=seed)
+            return {"auroc": fig.get("foreign_auroc_open_set", float("nan")),
+                    "called_real": fig.get("foreign_called_real", float("nan")), "real_kept": fig["real_called_real"],
+                    "per_model_auroc": fig.get("foreign_per_model_auroc", {}), "per_image": fig["per_image"],
+                    "sets": {str(n): v for n, v in open_world.set_summary(fig).items()},
+                    "right_model_chance": 1 / max(1, len(d.generated())), "models": list(foreign)}
+        return self._do(name, "foreign", seed, compute)
+
     def _skip(self, name: str, protocol: str, seed: int, reason: str) -> dict:
         self._bar.update(1)
         return {"skipped": reason}
@@ -560,7 +622,7 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         self.computed = self.reused = 0
         self._t0 = time.perf_counter()
-        per_method = 4 * len(s.seeds) + max(1, len(self.lodo_plan)) + max(1, len(self.openset_plan))
+        per_method = 4 * len(s.seeds) + max(1, len(self.lodo_plan)) + max(1, len(self.openset_plan)) + 1
         self._bar = self.progress.task("bench", per_method * len(self.factories))
         parts: dict[str, dict] = {}
         try:
@@ -574,6 +636,7 @@ class Bench:
                 first = s.seeds[0]
                 p["lodo"][f"s{first}"] = self.lodo(name, first)
                 p["openset"][f"s{first}"] = self.openset(name, first)
+                p["foreign"][f"s{first}"] = self.foreign(name, first)
                 self._models = {k: v for k, v in self._models.items() if k[0] != name}  # free the memory
                 write_results(self.out, self.results(parts))
         finally:
@@ -593,7 +656,8 @@ class Bench:
                          "openset_groups": s.openset_groups, "device": s.device, "perturbations": list(PERTURBATIONS),
                          "jpeg_quality": JPEG_QUALITY, "noise_sigma_codes": NOISE_SIGMA, "openset_score": SCORE,
                          "jpeg_qualities": JPEG_QUALITIES, "train_per_model": s.train_per_model,
-                         "max_epochs": s.max_epochs, "robust_training": s.robust_training()},
+                         "max_epochs": s.max_epochs, "robust_training": s.robust_training(),
+                         "foreign": s.foreign, "foreign_key": self._foreign_key, "foreign_sets": s.foreign_sets},
             "plans": {"lodo": self.lodo_plan, "openset": [{"calibration": list(f.calibration), "test": list(f.test)}
                                                            for f in self.openset_plan],
                       "twins": protocol.twin_groups(self.design, self.generated)},
@@ -659,6 +723,13 @@ def notes(s: Settings, n_lodo: int, n_openset: int, budget: dict | None = None) 
         f"e openset: {n_openset} folds of whole models held out; threshold by Youden's J on one group, TPR/FPR on the next; "
         f"{SCORE} score on each method's features (energy on logits in results.json).",
         "f fisher: trace(S_between) / trace(S_within) of the features on the test split, model labels.",
+        ("g foreign: not run (no --foreign DIR)." if s.foreign is None else
+         f"g foreign: the foreign set {s.foreign} (never trained or calibrated on); each closed-set model (first seed) "
+         "with its three-step decision fitted on its training and validation features (real first at "
+         f"{decision_mod.REAL_KEEP:.0%} of real validation images kept, then the {decision_mod.UNKNOWN_SCORE} unknown score); "
+         "AUROC of foreign against known generated test images (real excluded), share of foreign images called real, "
+         f"share of real test images kept; {s.foreign_sets} seeded sets per source and size n: set AUROC foreign vs known, "
+         "share of known sets given the right model (chance 1 / generated models)."),
     ] + ([] if budget is None else [
         f"CPU budget: {budget['threads']} torch thread(s) on {budget['cpu']} (device {budget['device']}, load average "
         f"{' '.join(f'{v:.2f}' for v in budget['load_average'])}); this run {budget['run_seconds']:.0f} s "
@@ -669,7 +740,8 @@ def notes(s: Settings, n_lodo: int, n_openset: int, budget: dict | None = None) 
 def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factory] | None = None,
         seeds: tuple[int, ...] = SEEDS, lodo_folds: int = LODO_FOLDS, openset_groups: int = OPENSET_GROUPS,
         device: str = "auto", train_per_model: int = 0, max_epochs: int = 0, robust: bool = False,
-        robust_copies: int = 1, robust_p: float = robustness.P, progress: Progress | None = None) -> dict:
+        robust_copies: int = 1, robust_p: float = robustness.P, foreign: str | Path | None = None,
+        foreign_sets: int = open_world.N_SETS, progress: Progress | None = None) -> dict:
     """Run (or resume) the benchmark of a workspace into out; returns the results document.
 
     methods: names (default: every baseline and ManiFPT kind the workspace allows) or a dict of
@@ -682,5 +754,6 @@ def run(ws: Workspace, out: str | Path, *, methods: list[str] | dict[str, Factor
     if not factories:
         raise ValueError("no method can run on this workspace: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     settings = Settings(tuple(int(s) for s in seeds), int(lodo_folds), int(openset_groups), device,
-                        int(train_per_model), int(max_epochs), bool(robust), int(robust_copies), float(robust_p))
+                        int(train_per_model), int(max_epochs), bool(robust), int(robust_copies), float(robust_p),
+                        None if foreign is None else str(foreign), int(foreign_sets))
     return Bench(ws, out, factories, settings=settings, skipped=skipped, progress=progress).run()

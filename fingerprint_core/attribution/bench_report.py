@@ -13,7 +13,8 @@ import pandas as pd
 from fingerprint_core.attribution.robustness import LABELS, PERTURBATIONS
 from fingerprint_core.fsio import atomic_write
 
-PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher")
+PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher", "foreign")
+SET_SIZES = (5, 20, 50)  # the set sizes the foreign protocol reports (sets.SET_SIZES)
 SCORE = "mahalanobis"  # the open-set score the table shows (openset.py's default); energy is in results.json
 
 
@@ -42,6 +43,9 @@ def headline(protocol: str, r: dict) -> str:
         return f"held out {r['design']}: " + ", ".join(f"{f} {v['accuracy']:.2f}" for f, v in r["factors"].items())
     if protocol == "openset":
         return f"AUROC {r[SCORE]['auroc']:.3f} (unknown: {', '.join(r['test'])})"
+    if protocol == "foreign":
+        sets = ", ".join(f"n={n} AUROC {v['auroc']:.3f}" for n, v in r["sets"].items())
+        return f"foreign AUROC {r['auroc']:.3f}, called real {r['called_real']:.3f} (real kept {r['real_kept']:.3f}); sets {sets}"
     return ""
 
 
@@ -72,6 +76,15 @@ def summarise(parts: dict[str, dict], seeds: tuple[int, ...]) -> list[dict]:
         for r in done["openset"]:
             for k in ("auroc", "tpr_calibrated", "fpr_calibrated"):
                 add(m, "openset", k, [x[SCORE][k] for x in r["folds"]], "folds")
+        for r in done["foreign"]:
+            for k in ("auroc", "called_real", "real_kept"):
+                add(m, "foreign", k, [r[k]], "-")
+            add(m, "foreign", "auroc chance", [0.5], "-")
+            for n, v in r["sets"].items():
+                add(m, "foreign", f"set_auroc_{n}", [v["auroc"]], "-")
+                add(m, "foreign", f"set_auroc_{n} chance", [0.5], "-")
+                add(m, "foreign", f"set_right_{n}", [v["right_model"]], "-")
+                add(m, "foreign", f"set_right_{n} chance", [r["right_model_chance"]], "-")
     return rows
 
 
@@ -80,6 +93,10 @@ COLUMNS = [  # (protocol, metric, header)
     *(("robust", k, f"c {LABELS[k]}") for k in PERTURBATIONS),
     ("lodo", None, "d LODO"), ("openset", "auroc", "e AUROC"), ("openset", "tpr_calibrated", "e TPR"),
     ("openset", "fpr_calibrated", "e FPR"), ("fisher", "fdr", "f FDR"),
+    ("foreign", "auroc", "g foreign AUROC"), ("foreign", "called_real", "g foreign called real"),
+    ("foreign", "real_kept", "g real kept"),
+    *(("foreign", f"set_auroc_{n}", f"g sets AUROC n={n}") for n in SET_SIZES),
+    *(("foreign", f"set_right_{n}", f"g sets right model n={n}") for n in SET_SIZES),
 ]
 
 
@@ -107,7 +124,7 @@ def markdown(summary: list[dict]) -> str:
         return fmt(r["mean"]) + (f" ± {fmt(r['std'])}" if r["n"] > 1 else "")
 
     def chance(proto, metric):
-        name = {"closed": "chance", "twins": "chance"}.get(proto, f"{metric} chance" if proto == "lodo" else None)
+        name = {"closed": "chance", "twins": "chance"}.get(proto, f"{metric} chance" if proto in ("lodo", "foreign") else None)
         if name is None:
             return "0.500" if metric == "auroc" else "-"
         hit = table[(table["protocol"] == proto) & (table["metric"] == name)]

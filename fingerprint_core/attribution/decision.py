@@ -191,7 +191,8 @@ def fit(classes: list[str], train: tuple[np.ndarray, np.ndarray, np.ndarray], va
     return d
 
 
-def _rows(table: pd.DataFrame, part: str, per_class: int | None, seed: int = 0) -> pd.DataFrame:
+def part_rows(table: pd.DataFrame, part: str, per_class: int | None, seed: int = 0) -> pd.DataFrame:
+    """The rows of one part of the split, cut to a seeded subset of per_class rows per model (None: all)."""
     rows = table[table["part"] == part]
     if per_class:
         rng = np.random.default_rng(seed)
@@ -218,7 +219,7 @@ def ensure(ws: Workspace, kind: str, method, entry: dict, *, log=lambda message:
     lookup = {m: i for i, m in enumerate(classes)}
 
     def part(name: str, per_class: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rows = _rows(table, name, per_class)
+        rows = part_rows(table, name, per_class)
         rows = rows[rows["model"].isin(classes)]
         f, z = method.features_and_logits(split_mod.load_inputs(ws, rows, method.needs))
         return f, z["model"], rows["model"].map(lookup).to_numpy(np.int64)
