@@ -41,6 +41,7 @@ _INT32_SAFE_DIM = 40_000  # 3 * D * 128^2 < 2^31: larger D accumulates slabs in 
 _KBLOCK = 2048  # float matmuls over more than 2 * _KBLOCK columns accumulate blocks of it
 _MAX_DIMS = 256
 _VERIFY_GROUP = 64  # queries verified together (their survivors united): fewer, larger calls
+_RERANK_BYTES = 4 * 2**20  # float64 differences per re-rank block
 
 
 def _gamma(k: int, u: float = _U32) -> float:
@@ -100,15 +101,6 @@ def _pixel_codes(x: np.ndarray) -> np.ndarray | None:
             return None
         codes[a : a + step] = block
     return codes
-
-
-def _fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmul (float32 accumulation) runs much faster than float32 here."""
-    if device.type == "cuda":
-        # reduced-precision reductions would break the accumulation bound
-        return (torch.cuda.get_device_capability(device) >= (8, 0)
-                and not torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)
-    return "amx_bf16" in devices._cpu_flags()
 
 
 class Manifold:
@@ -193,6 +185,14 @@ class Manifold:
         if self._float32_values:
             return (rows.astype(np.float32) / np.float32(PIXEL_LEVELS)).astype(np.float64)
         return rows.astype(np.float64) / PIXEL_LEVELS
+
+    def _values64_t(self, rows: torch.Tensor) -> torch.Tensor:
+        """_values64 on a tensor of stored rows (the same roundings: float32 division, then float64)."""
+        if not self.pixels:
+            return rows.to(torch.float64)
+        if self._float32_values:
+            return rows.to(torch.float32).div_(PIXEL_LEVELS).to(torch.float64)
+        return rows.to(torch.float64).div_(PIXEL_LEVELS)
 
     def _mean(self) -> np.ndarray:
         """The float64 mean of the reference values (the centre of every float pass)."""
@@ -553,7 +553,7 @@ class _Run:
         elif m.precision != "auto":
             self.kind = m.precision
         else:
-            self.kind = "bf16" if _fast_bf16(m.device) else "float32"
+            self.kind = "bf16" if devices.fast_bf16(m.device) else "float32"
         self.bufs = _Buffers()  # score tiles, reused
         self.reranked = 0
         self.brute = 0
@@ -605,7 +605,7 @@ class _Run:
             # (AVX2 CPUs) the bound pays from D ~ 1,000 on large sets. Where the directions hold
             # too little of the spread, _projection declines, and the trial below switches the
             # bound off again where it rules out too little
-            fast = devices.fast_int8(m.device) if m.pixels else _fast_bf16(m.device)
+            fast = devices.fast_int8(m.device) if m.pixels else devices.fast_bf16(m.device)
             want = (m.dim >= 32_768 and m.size >= 1024) or (not fast and m.dim >= 768 and m.size >= 16_384)
         proj = m._projection() if want else None
         if proj is not None and proj["kind"] == "int8" and self.q_codes is None:
@@ -734,11 +734,10 @@ class _Run:
                 tile_min = s.amin(dim=1).to(torch.float64)
                 u.copy_(torch.minimum(u, tile_min + e))
                 thr = u + width(u, q0, e)
-                rows = torch.nonzero(tile_min <= thr).squeeze(1)
-                if len(rows):
-                    sub = s if len(rows) == len(s) else s[rows]
-                    r_i, c_i = torch.nonzero(sub <= _threshold_like(thr[rows], s.dtype)[:, None], as_tuple=True)
-                    q_i = rows[r_i]
+                if bool((tile_min <= thr).any()):
+                    # rows whose minimum is above their threshold add nothing (or a pair the exact
+                    # filter below drops): one pass over the whole tile, no copy of its rows
+                    q_i, c_i = torch.nonzero(s <= _threshold_like(thr, s.dtype)[:, None], as_tuple=True)
                     found.append((q_i + q0, ids[c_i], s[q_i, c_i].to(torch.float64), e[q_i]))
                     count += len(q_i)
                     if cap is not None and count > cap:
@@ -759,22 +758,28 @@ class _Run:
             return idx, dist
         order = np.lexsort((ri, qi))
         qi, ri = qi[order], ri[order]
-        step = max(1, self.m.working_bytes // (4 * 8 * 3 * self.m.dim))
+        # blocks of pairs small enough to stay in cache (a few MB of float64 differences): far
+        # faster than one large block, whose arrays are written to memory and read back
+        step = max(64, min(self.m.working_bytes // (4 * 8 * 3 * self.m.dim), _RERANK_BYTES // (8 * self.m.dim)))
+        store = self.m._store
+        # rows straight from an in-memory store; a memory-mapped (or read-only) one is read in sorted order
+        direct = not isinstance(store, np.memmap) and store.flags.c_contiguous and store.flags.writeable
+        st = torch.from_numpy(store) if direct else None
+        qt = torch.from_numpy(np.ascontiguousarray(self.q[sel]))
         d64 = np.empty(len(qi))
         for a in range(0, len(qi), step):
-            q_part, r_part = qi[a : a + step], ri[a : a + step]
-            uniq_r, inv_r = np.unique(r_part, return_inverse=True)
-            uniq_q, inv_q = np.unique(q_part, return_inverse=True)
-            inv_r, inv_q = torch.from_numpy(inv_r), torch.from_numpy(inv_q)
+            q_t = torch.from_numpy(qi[a : a + step])
+            if direct:
+                refs = st.index_select(0, torch.from_numpy(ri[a : a + step]))
+            else:
+                uniq_r, inv_r = np.unique(ri[a : a + step], return_inverse=True)
+                refs = torch.from_numpy(np.ascontiguousarray(self.m._gather(uniq_r))).index_select(0, torch.from_numpy(inv_r))
+            qs = qt.index_select(0, q_t)
             if self.code_pairs:  # codes on both sides: exact integer sums, / 255^2 once
-                refs = torch.from_numpy(np.ascontiguousarray(self.m._gather(uniq_r))).to(torch.int16)
-                qs = torch.from_numpy(np.ascontiguousarray(self.q[sel[uniq_q]])).to(torch.int16)
-                diff = (refs[inv_r] - qs[inv_q]).to(torch.int32)
+                diff = refs.to(torch.int32).sub_(qs.to(torch.int32))
                 d64[a : a + step] = (diff * diff).sum(1, dtype=torch.int64).numpy() / PIXEL_LEVELS**2
                 continue
-            refs = torch.from_numpy(self.m._values64(self.m._gather(uniq_r)))
-            qs = torch.from_numpy(self.q64(sel[uniq_q]))
-            diff = refs[inv_r].sub_(qs[inv_q])  # float64 differences, as brute force has them
+            diff = self.m._values64_t(refs).sub_(_query_values64(qs))  # float64 differences, as brute force has them
             d64[a : a + step] = torch.einsum("nd,nd->n", diff, diff).numpy()
         order = np.lexsort((ri, d64, qi))  # by query, then distance, then index
         first = order[np.r_[True, qi[order][1:] != qi[order][:-1]]]
@@ -857,6 +862,11 @@ class _Run:
                 return
 
 
+def _query_values64(rows: torch.Tensor) -> torch.Tensor:
+    """float64 values of query rows, as _Run.q64 (uint8 codes -> code / 255)."""
+    return rows.to(torch.float64).div_(PIXEL_LEVELS) if rows.dtype == torch.uint8 else rows.to(torch.float64)
+
+
 def _compact_groups(points: np.ndarray, size: int) -> list[np.ndarray]:
     """Indices of points cut into groups of at most `size` that lie close together: a k-d split
     at the median of the widest coordinate, recursively (queries close together share the
@@ -935,9 +945,12 @@ def _blocked_mm(q: torch.Tensor, r: torch.Tensor, rows: bool = False, out: torch
     m, n = q.shape[0], (r.shape[0] if rows else r.shape[1])
     if out is None:
         out = torch.empty((m, n), dtype=acc, device=q.device)
-    if d <= 2 * _KBLOCK:
-        return out.copy_(q @ (r.T if rows else r))
     bufs = bufs or _Buffers()
+    if d <= 2 * _KBLOCK:
+        if q.dtype == acc:
+            return torch.mm(q, r.T if rows else r, out=out)
+        part = bufs.get("block", (m, n), q.dtype, q.device)  # a bf16 product, then widened
+        return out.copy_(torch.mm(q, r.T if rows else r, out=part))
     part = bufs.get("block", (m, n), q.dtype, q.device)
     for i, a in enumerate(range(0, d, _KBLOCK)):
         torch.mm(q[:, a : a + _KBLOCK], r[:, a : a + _KBLOCK].T if rows else r[a : a + _KBLOCK], out=part)
