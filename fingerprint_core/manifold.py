@@ -277,12 +277,13 @@ class Manifold:
         if self._spilled is not None and self._spilled[0] == kind:
             _, rt_file, chunks = self._spilled
             # read back in spans of several chunks (no float64 temporaries now): larger matmuls
-            span = max(1, (self.working_bytes // 4) // (4 * _padded(self.dim) * self.chunk_rows))
+            span = max(1, (self.working_bytes // 4) // (rt_file.itemsize * _padded(self.dim) * self.chunk_rows))
             for c in range(0, len(chunks), span):
                 part = chunks[c : c + span]
                 a, b = part[0][0], part[-1][1]
                 rn = torch.cat([p[2] for p in part])
-                yield torch.arange(a, b), torch.from_numpy(rt_file[a:b]), rn, max(p[3] for p in part)
+                rt = torch.from_numpy(rt_file[a:b])
+                yield torch.arange(a, b), rt.view(torch.bfloat16) if kind == "bf16" else rt, rn, max(p[3] for p in part)
             return
         item = {"int8": 1, "bf16": 2, "float32": 4, "float64": 8}[kind]
         keep = self.size * self.dim * item <= self.cache_bytes
@@ -294,7 +295,7 @@ class Manifold:
             if keep:
                 cache.append((ids, rt, rn, ymax))
             if spill is not None:
-                spill[a : a + len(rows)] = rt.numpy()
+                spill[a : a + len(rows)] = (rt.view(torch.int16) if kind == "bf16" else rt).numpy()
                 spilled.append((a, a + len(rows), rn, ymax))
             yield ids, rt, rn, ymax
         if spill is not None:  # complete (a consumer that stopped early leaves no half-written spill)
@@ -312,22 +313,23 @@ class Manifold:
             self._prepared = (kind, views, whole)
 
     def _spill_file(self, kind: str) -> np.memmap | None:
-        """Where a float32 store too large for the cache keeps its prepared (centred) form: an
+        """Where a float32 or bf16 store too large for the cache keeps its prepared (centred) form: an
         unlinked temporary file, memory-mapped, so later passes read it instead of centring every
         row again in float64 (the cost of each search call at large D). Its pages are the
         kernel's file cache, not the process's memory; None on GPUs, for other kinds, or when
-        the temporary directory lacks the room."""
+        the temporary directory lacks the room. bf16 rows are kept as their 16-bit patterns (int16)."""
         import shutil
         import tempfile
 
-        if kind != "float32" or self.device.type != "cpu":
+        if kind not in ("float32", "bf16") or self.device.type != "cpu":
             return None
-        need = self.size * _padded(self.dim) * 4
+        dtype = np.float32 if kind == "float32" else np.int16
+        need = self.size * _padded(self.dim) * np.dtype(dtype).itemsize
         try:
             if shutil.disk_usage(tempfile.gettempdir()).free < need + 2 * 2**30:
                 return None
             handle = tempfile.TemporaryFile(prefix="manifpt-prepared-")
-            return np.memmap(handle, dtype=np.float32, mode="w+", shape=(self.size, _padded(self.dim)))
+            return np.memmap(handle, dtype=dtype, mode="w+", shape=(self.size, _padded(self.dim)))
         except OSError:
             return None
 

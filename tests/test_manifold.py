@@ -362,15 +362,16 @@ def test_the_float32_emulation_of_int8_matmul_is_exact_at_the_extremes():
     assert torch.equal(_int_mm_float(a, b).to(torch.int64), a.to(torch.int64) @ b.to(torch.int64))
 
 
-def test_a_store_too_large_for_the_cache_is_prepared_once_and_read_back_exactly():
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_a_store_too_large_for_the_cache_is_prepared_once_and_read_back_exactly(precision):
     rng = np.random.default_rng(22)
     ref = (5 + rng.standard_normal((700, 96))).astype(np.float32)
     q = (5 + rng.standard_normal((60, 96))).astype(np.float32)
-    m = Manifold(ref, precision="float32", prune=False, chunk_rows=128, cache_bytes=4096)
+    m = Manifold(ref, precision=precision, prune=False, chunk_rows=128, cache_bytes=4096)
     first = check(m, q, q, ref)
-    assert m._spilled is not None and m._spilled[0] == "float32"  # written by the first pass
+    assert m._spilled is not None and m._spilled[0] == precision  # written by the first pass
     calls = []
     original = m._prepare
     m._prepare = lambda rows, kind: calls.append(kind) or original(rows, kind)
     second = check(m, q, q, ref)  # the second reads the spilled form: no row centred again
-    assert calls == [] and (first.path, second.path) == ("float32", "float32")
+    assert calls == [] and (first.path, second.path) == (precision, precision)
