@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from app import figures
 from app import figures_analysis as fa
 from app.text import md, plotly_label
+from fingerprint_core.attribution.sets import SET_SIZES
 
 REAL = "real"
 VERDICT_COLORS = {"known": "#2563EB", "unknown": "#D97706", "real": "#059669"}
@@ -149,8 +150,8 @@ METRICS = {"accuracy": "accuracy", "clean": "clean",
            "jpeg50": "JPEG 50", "jpeg75": "JPEG 75", "jpeg90": "JPEG 90", "down2": "resize 0.5", "noise2": "noise 2/255",
            "auroc": "AUROC", "tpr_calibrated": "TPR", "fpr_calibrated": "FPR", "fdr": "FDR",
            "called_real": "called real", "real_kept": "real kept",
-           **{f"set_auroc_{n}": f"sets AUROC n={n}" for n in (5, 20, 50)},
-           **{f"set_right_{n}": f"sets right model n={n}" for n in (5, 20, 50)}}
+           **{f"set_auroc_{n}": f"sets AUROC n={n}" for n in SET_SIZES},
+           **{f"set_right_{n}": f"sets right model n={n}" for n in SET_SIZES}}
 LOWER_IS_BETTER = {("openset", "fpr_calibrated"), ("foreign", "called_real")}
 MANIFPT_COLORS = ("#1E3A8A", "#1D4ED8", "#3B82F6", "#60A5FA", "#93C5FD")  # ManiFPT: blues
 BASELINE_COLORS = ("#B45309", "#EA580C", "#F59E0B", "#A16207", "#BE123C", "#78716C", "#65A30D", "#7C3AED")

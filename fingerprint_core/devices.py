@@ -60,7 +60,8 @@ def fast_int8(device: torch.device) -> bool:
 
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 matmul (float32 accumulation) runs much faster than float32 here: AMX or AVX-512
-    BF16 on CPU (measured on an AMD EPYC Zen 5: 370 against 80 GFLOPS a core), tensor cores on GPU."""
+    BF16 on CPU (on an AMD EPYC Zen 5, one thread, the other core busy: 370 against 80 GFLOPS),
+    tensor cores on GPU."""
     if device.type == "cuda":
         # reduced-precision reductions would break the accumulation bound
         return (torch.cuda.get_device_capability(device) >= (8, 0)

@@ -180,14 +180,10 @@ class Manifold:
 
     def _values64(self, rows: np.ndarray) -> np.ndarray:
         """The float64 embedding values of stored rows (codes -> code/255 as the input had them)."""
-        if not self.pixels:
-            return rows.astype(np.float64)
-        if self._float32_values:
-            return (rows.astype(np.float32) / np.float32(PIXEL_LEVELS)).astype(np.float64)
-        return rows.astype(np.float64) / PIXEL_LEVELS
+        return self._values64_t(torch.from_numpy(np.ascontiguousarray(rows))).numpy()
 
     def _values64_t(self, rows: torch.Tensor) -> torch.Tensor:
-        """_values64 on a tensor of stored rows (the same roundings: float32 division, then float64)."""
+        """The same on a tensor of stored rows: float32 codes are divided in float32, then widened."""
         if not self.pixels:
             return rows.to(torch.float64)
         if self._float32_values:
@@ -253,15 +249,9 @@ class Manifold:
         return yt.to(self.device), n2.to(ndt).to(self.device), ymax
 
     def _centred64(self, rows: np.ndarray) -> torch.Tensor:
-        """float64 values of stored (or query) rows less the reference mean, as torch (CPU):
-        the same roundings as _values64 then a subtraction, several times faster than numpy."""
-        t = torch.from_numpy(np.ascontiguousarray(rows))
-        if rows.dtype == np.uint8:
-            if self._float32_values:
-                t = t.to(torch.float32).div_(PIXEL_LEVELS)
-            else:
-                return t.to(torch.float64).div_(PIXEL_LEVELS).sub_(self._mean_t())
-        return t.to(torch.float64).sub_(self._mean_t())
+        """float64 values of stored rows less the reference mean, as torch (CPU): _values64, then
+        one subtraction."""
+        return self._values64_t(torch.from_numpy(np.ascontiguousarray(rows))).sub_(self._mean_t())
 
     def _mean_t(self) -> torch.Tensor:
         """The reference mean as a (CPU) tensor, for _centred64."""
@@ -573,10 +563,6 @@ class _Run:
         self.batch = max(self.tile, min(self.n, (wb // 4) // (stored * m.dim)))
 
     # ---- values --------------------------------------------------------------------------
-    def q64(self, idx) -> np.ndarray:
-        rows = self.q[idx]
-        return rows.astype(np.float64) / PIXEL_LEVELS if rows.dtype == np.uint8 else rows.astype(np.float64)
-
     def prepare_queries(self, idx: np.ndarray, kind: str):
         """Prepared queries (device) and per query: |x| (float kinds) or |q'|^2 (int8)."""
         if kind == "int8":
@@ -587,8 +573,7 @@ class _Run:
         norms = np.empty(len(idx))
         c = self.m._mean_t()
         for a in range(0, len(idx), self.tile):
-            rows = torch.from_numpy(np.ascontiguousarray(self.q[idx[a : a + self.tile]])).to(torch.float64)
-            x = (rows.div_(PIXEL_LEVELS) if self.q.dtype == np.uint8 else rows).sub_(c)  # as q64, less c
+            x = _query_values64(torch.from_numpy(np.ascontiguousarray(self.q[idx[a : a + self.tile]]))).sub_(c)
             norms[a : a + len(x)] = torch.einsum("ij,ij->i", x, x).sqrt().numpy()
             out[a : a + len(x), : self.m.dim] = x.to(dtype).to(self.m.device)
         return out, torch.from_numpy(norms).to(self.m.device)
@@ -865,7 +850,7 @@ class _Run:
 
 
 def _query_values64(rows: torch.Tensor) -> torch.Tensor:
-    """float64 values of query rows, as _Run.q64 (uint8 codes -> code / 255)."""
+    """float64 values of query rows (uint8 codes -> code / 255), as brute force has them."""
     return rows.to(torch.float64).div_(PIXEL_LEVELS) if rows.dtype == torch.uint8 else rows.to(torch.float64)
 
 

@@ -41,7 +41,7 @@ class LearnedSettings:
     # Chosen by bench/learned_settings.py (validation accuracy of the model head, a design-blind
     # criterion) within the budget of the learned leave-one-design-out (60 min): every training row
     # (1,400 per model) reaches 0.78 in RGB against 0.67 with 600; 16 epochs add under 0.02 and took
-    # the 22 folds over the budget, 8 epochs take 16 min on a 2-core AMD EPYC (Zen 5).
+    # the 22 folds over the budget, 8 epochs took 16 min on a 2-core AMD EPYC (Zen 5), not idle.
     epochs: int = 8
     train_per_model: int = 1400  # a seeded subset of each model's training split (all of it on the demo)
     val_per_model: int = 150

@@ -285,8 +285,8 @@ class Bench:
         self._foreign_names: np.ndarray | None = None
         self._foreign_key = None
         if self.settings.foreign is not None:  # read (and refused, by file) before any training
-            self._foreign_key = open_world.foreign_key(self.settings.foreign)
             loaded = open_world.load_foreign(self.settings.foreign, tuple(int(v) for v in ws.config["image_shape"]))
+            self._foreign_key = open_world.foreign_key(loaded)
             self._foreign["images"] = np.concatenate(list(loaded.values()))
             self._foreign_names = np.concatenate([[m] * len(x) for m, x in loaded.items()])
 

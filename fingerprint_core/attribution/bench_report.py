@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from fingerprint_core.attribution.robustness import LABELS, PERTURBATIONS
+from fingerprint_core.attribution.sets import SET_SIZES
 from fingerprint_core.fsio import atomic_write
 
 PROTOCOLS = ("closed", "twins", "robust", "lodo", "openset", "fisher", "foreign")
-SET_SIZES = (5, 20, 50)  # the set sizes the foreign protocol reports (sets.SET_SIZES)
 SCORE = "mahalanobis"  # the open-set score the table shows (openset.py's default); energy is in results.json
 
 

@@ -39,9 +39,9 @@ def foreign_folders(folder: str | Path) -> list[Path]:
     return found
 
 
-def foreign_key(folder: str | Path) -> str:
-    """What the foreign set is: each model's name and the SHA-256 of its samples."""
-    return key_of({p.name: hashlib.sha256((p / SAMPLES).read_bytes()).hexdigest() for p in foreign_folders(folder)})
+def foreign_key(images: dict[str, np.ndarray]) -> str:
+    """What a loaded foreign set is: each model's name, and the shape and SHA-256 of its images."""
+    return key_of({m: [list(x.shape), hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()] for m, x in images.items()})
 
 
 def load_foreign(folder: str | Path, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
