@@ -375,3 +375,29 @@ def test_a_store_too_large_for_the_cache_is_prepared_once_and_read_back_exactly(
     m._prepare = lambda rows, kind: calls.append(kind) or original(rows, kind)
     second = check(m, q, q, ref)  # the second reads the spilled form: no row centred again
     assert calls == [] and (first.path, second.path) == (precision, precision)
+
+
+@pytest.mark.parametrize("precision", ["auto", "float32", "bf16", "float64"])
+@pytest.mark.parametrize("chunk", [37, 4096])
+def test_equal_reference_columns_are_folded_and_the_answer_stays_exact(precision, chunk):
+    """FREQ spectra of real images repeat about half their coordinates (|F(k)| = |F(-k)|): the
+    candidate pass merges them. Queries need not repeat them; a column that differs in one
+    reference row outside the detection sample is not merged."""
+    from fingerprint_core import spaces
+
+    rng = np.random.default_rng(23)
+    freq = spaces.get("freq", device="cpu")
+    ref = freq.embed(rng.integers(0, 256, (900, 1, 8, 8), dtype=np.uint8)).numpy()
+    q_sym = freq.embed(rng.integers(0, 256, (120, 1, 8, 8), dtype=np.uint8)).numpy()
+    q_any = (q_sym + rng.standard_normal(q_sym.shape).astype(np.float32)).astype(np.float32)
+    m = Manifold(ref, chunk_rows=chunk, query_tile=64, precision=precision, prune=False)
+    for q in (q_sym, q_any, ref[:50]):
+        stats = check(m, q, q, ref)
+        assert 64 // 2 <= stats.columns < 40  # 8 x 8 spectrum: 36 distinct coordinates
+    spoiled = ref.copy()
+    col = 9  # frequency (1, 1) of the 8 x 8 spectrum equals (7, 7): column 63
+    assert np.array_equal(spoiled[:, col], spoiled[:, 63])
+    spoiled[5, col] += 1.0  # row 5 is not among the 64 sampled rows of 900
+    m2 = Manifold(spoiled, chunk_rows=chunk, query_tile=64, precision=precision, prune=False)
+    stats = check(m2, q_any, q_any, spoiled)
+    assert stats.columns == m.last_stats.columns + 1
