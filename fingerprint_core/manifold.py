@@ -1014,6 +1014,9 @@ def _score(kind: str, q: torch.Tensor, rt: torch.Tensor, rn: torch.Tensor, wide:
     out = bufs.get("score", (m, n), acc, q.device)
     if kind in ("float32", "float64") and q.shape[1] <= 2 * _KBLOCK:
         return torch.addmm(rn.unsqueeze(0), q, rt.T, beta=1.0, alpha=-2.0, out=out)
+    if q.shape[1] <= 2 * _KBLOCK:  # bf16, one block: widen, scale and add in one pass
+        part = torch.mm(q, rt.T, out=bufs.get("block", (m, n), q.dtype, q.device))
+        return torch.add(rn.unsqueeze(0), part, alpha=-2, out=out)
     _blocked_mm(q, rt, rows=True, out=out, bufs=bufs)
     return out.mul_(-2).add_(rn.unsqueeze(0))  # -2 x is exact: one rounding, as addmm's epilogue
 
