@@ -775,7 +775,12 @@ class _Run:
                     found.append((q_i + q0, ids[c_i], sv.to(torch.float64), e[q_i]))
                     count += len(q_i)
                     if cap is not None and count > cap:
-                        raise _TooMany
+                        # pairs admitted while the bounds were loose: drop those the bounds now rule out
+                        qi, ri, sv, ev = (torch.cat(f) for f in zip(*found, strict=True))
+                        keep = sv - ev <= ub[qi]
+                        found, count = [(qi[keep], ri[keep], sv[keep], ev[keep])], int(keep.sum())
+                        if count > cap:
+                            raise _TooMany
         qi, ri, sv, ev = (torch.cat(f) for f in zip(*found, strict=True))
         keep = sv - ev <= ub[qi] + (width(ub, 0, ub)[qi] if kind == "int8" else 0)
         return qi[keep].cpu().numpy(), ri[keep].cpu().numpy()
