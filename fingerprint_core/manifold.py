@@ -657,7 +657,7 @@ class _Run:
             evaluated_share=self.evaluated / total if self.pruned_queries else 1.0,
             prune_dims=self.m._proj.get("dims", 0) if self.m._proj else 0,
             chunk_rows=self.m.chunk_rows, query_rows=self.tile,
-            columns=self.m.dim if self.kind == "int8" else self.m.width(),
+            columns=self.m._fold.width if self.kind != "int8" and self.m._fold is not None else self.m.dim,
         )
 
     def faiss(self, idx, dist):
