@@ -1,7 +1,12 @@
-"""Which open-set score? The benchmark's held-out-models protocol (bench.Bench.openset: whole models
-held out, one group to calibrate, the next to test) for one ManiFPT attributor, every score of
-openset.SCORES on the same folds; prints mean AUROC and the rates at the 95%-accept threshold.
-decision.UNKNOWN_SCORE is the best mean AUROC here (never chosen on the foreign set).
+"""Which open-set score, and which set statistic? The benchmark's held-out-models protocol
+(bench.Bench.openset: whole models held out, one group to calibrate, the next to test) for one ManiFPT
+attributor, every score of openset.SCORES on the same folds; prints mean AUROC and the rates at the
+95%-accept threshold. decision.UNKNOWN_SCORE is the best mean AUROC here (never chosen on the foreign set).
+
+Sets of one source on the same folds: for every statistic of sets.STATISTICS, the three-step set
+verdict fitted on the fold's known models (training and validation features), sets drawn from the
+held-out test group's models against sets of the known models' test images (open_world.evaluate).
+sets.STATISTIC is the best mean set AUROC at n = 20 here (the smaller index on a tie).
 
     python bench/openset_scores.py [--workspace WS] [--kind fused] [--train-per-model 400] [--max-epochs 6] [--threads 1]
 """
@@ -64,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {k}{mark} | {r['auroc']:.3f} ± {r['auroc_std']:.3f} | {r['tpr_accept']:.3f} | {r['fpr_accept']:.3f} |")
     print("\nper fold AUROC: " + "; ".join(", ".join(f"{k} {f[k]['auroc']:.3f}" for k in openset.SCORES)
                                           for f in result["folds"]))
+    by_kind = result["sets"]
+    chosen = max(by_kind, key=lambda k: (by_kind[k]["20"]["auroc"], -list(by_kind).index(k)))
+    print(f"\nSets of one source ({b.settings.foreign_sets} seeded sets per source and size; held-out models' sets "
+          "against known models' test sets; chance AUROC 0.5):\n")
+    print("| set statistic | n | set AUROC (mean ± std over folds) | known sets: right model (mean, worst) "
+          "| known sets called unknown | held-out sets called unknown |\n|---|---|---|---|---|---|")
+    for kind, by_n in by_kind.items():
+        for n, r in by_n.items():
+            mark = " (chosen)" if kind == chosen and n == "20" else ""
+            print(f"| {kind}{mark} | {n} | {r['auroc']:.3f} ± {r['auroc_std']:.3f} | {r['right_model']:.3f}, "
+                  f"{r['right_model_worst']:.2f} | {r['known_called_unknown']:.3f} | {r['foreign_called_unknown']:.3f} |")
     return 0
 
 

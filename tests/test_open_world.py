@@ -52,13 +52,14 @@ def gaussians(n_per: int, centres: np.ndarray, rng) -> tuple[np.ndarray, np.ndar
     return x, np.repeat(np.arange(len(centres)), n_per)
 
 
-def test_known_sets_are_rarely_rejected_and_a_new_source_always():
+@pytest.mark.parametrize("kind", sets.STATISTICS)
+def test_known_sets_are_rarely_rejected_and_a_new_source_always(kind):
     rng = np.random.default_rng(1)
     centres = rng.normal(0, 2.0, (4, 8))
     f_tr, y_tr = gaussians(300, centres, rng)
     f_va, y_va = gaussians(400, centres, rng)  # the demo's validation images per model
-    rule = sets.fit(["a", "b", "c", "d"], f_tr, y_tr, f_va, y_va, n_sets=300)
-    assert rule.thresholds.shape == (3, 4) and np.isfinite(rule.thresholds).all()
+    rule = sets.fit(["a", "b", "c", "d"], f_tr, y_tr, f_va, y_va, kind=kind, n_sets=300)
+    assert rule.kind == kind and rule.thresholds.shape == (3, 4) and np.isfinite(rule.thresholds).all()
     fresh, y_fresh = gaussians(200, centres, rng)
     new = rng.normal(0, 2.0, (200, 8)) + 3.0
     for n in (5, 20, 50):
@@ -75,6 +76,23 @@ def test_known_sets_are_rarely_rejected_and_a_new_source_always():
     assert rule.size_index(4) is None and rule.size_index(19) == 0 and rule.size_index(1000) == 2
 
 
+def test_hotelling_t2_of_a_set_mean_and_its_use_in_each_statistic():
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0, 0], [3.0, 0, 0]])
+    f_tr, y_tr = gaussians(300, centres, rng)
+    f_va, y_va = gaussians(300, centres, rng)
+    rule = sets.fit(["a", "b"], f_tr, y_tr, f_va, y_va, kind="joint", n_sets=200)
+    x = rng.normal([0.4, 0, 0], 1.0, (20, 3))  # a small shift of class a's mean
+    z = rule.standardise(x).mean(0)
+    by_hand = [20 * (z - mu) @ rule.precision @ (z - mu) for mu in rule.means]
+    np.testing.assert_allclose(sets.hotelling(z[None], 20, rule.means, rule.precision)[0], by_hand, rtol=1e-10)
+    i = rule.size_index(20)
+    joint = np.maximum(rule.mmd2(rule.standardise(x)) / rule.scales[i, :, 0], np.array(by_hand) / rule.scales[i, :, 1])
+    np.testing.assert_allclose(rule.statistics(x), joint, rtol=1e-10)
+    with pytest.raises(ValueError, match="set statistic 'median'"):
+        sets.fit(["a", "b"], f_tr, y_tr, f_va, y_va, kind="median")
+
+
 def test_the_naive_bayes_set_posterior():
     logp = np.log(np.array([[0.6, 0.4]] * 5))
     post = sets.naive_bayes(logp, np.log([0.5, 0.5]))
@@ -82,7 +100,7 @@ def test_the_naive_bayes_set_posterior():
 
 
 # ---- the decisions, in order ------------------------------------------------------------------------------
-def synthetic_decision(rng) -> tuple[decision.Decision, np.ndarray]:
+def synthetic_decision(rng, set_statistic: str = sets.STATISTIC) -> tuple[decision.Decision, np.ndarray]:
     """Classes a, b and real (index 2): features are Gaussians, logits read them linearly."""
     centres = np.array([[4.0, 0, 0, 0], [0, 4.0, 0, 0], [0, 0, 4.0, 0]])
     w = centres.T / 2
@@ -91,7 +109,7 @@ def synthetic_decision(rng) -> tuple[decision.Decision, np.ndarray]:
         f, y = gaussians(n, centres, rng)
         return f, f @ w, y
 
-    return decision.fit(["a", "b", "real"], part(300), part(200), part(200)), w
+    return decision.fit(["a", "b", "real"], part(300), part(200), part(200), set_statistic=set_statistic), w
 
 
 def test_real_is_decided_first_and_needs_the_real_region():
@@ -111,9 +129,10 @@ def test_real_is_decided_first_and_needs_the_real_region():
     assert "test_ece" in d.measured and len(d.measured["reliability"]) == calibration.BINS
 
 
-def test_set_verdicts_real_known_and_unknown_with_by_n(tmp_path):
+@pytest.mark.parametrize("kind", sets.STATISTICS)
+def test_set_verdicts_real_known_and_unknown_with_by_n(tmp_path, kind):
     rng = np.random.default_rng(3)
-    d, w = synthetic_decision(rng)
+    d, w = synthetic_decision(rng, kind)
     for centre, verdict, model in (([0, 0, 4.0, 0], "real", None), ([0, 4.0, 0, 0], "known", 1),
                                    ([3.0, 3.0, 0, 3.0], "unknown", None)):
         x = rng.normal(centre, 1.0, (50, 4))
@@ -126,6 +145,8 @@ def test_set_verdicts_real_known_and_unknown_with_by_n(tmp_path):
     d.save(tmp_path)  # and back, bit for bit on the verdicts
     back = decision.Decision.load(tmp_path)
     x = rng.normal([0, 4.0, 0, 0], 1.0, (20, 4))
+    assert back.set_rule.kind == kind
+    np.testing.assert_allclose(back.set_rule.statistics(x), d.set_rule.statistics(x), rtol=1e-6)
     assert back.set_verdict(x, x @ w)["verdict"] == d.set_verdict(x, x @ w)["verdict"]
     np.testing.assert_array_equal(back.verdicts(x, x @ w)["verdict"], d.verdicts(x, x @ w)["verdict"])
 

@@ -62,6 +62,7 @@ import pandas as pd
 from fingerprint_core import devices, protocol
 from fingerprint_core.attribution import baselines, open_world, openset, robustness
 from fingerprint_core.attribution import decision as decision_mod
+from fingerprint_core.attribution import sets as sets_mod
 from fingerprint_core.attribution import split as split_mod
 from fingerprint_core.attribution.bench_report import (
     PROTOCOLS,
@@ -360,10 +361,12 @@ class Bench:
     # -- parts ---------------------------------------------------------------------------------
     def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
         extra = {"lodo": [LODO_VERSION, self.lodo_plan],
-                 "openset": [[(f.calibration, f.test) for f in self.openset_plan], openset.SCORES],
+                 "openset": [[(f.calibration, f.test) for f in self.openset_plan], openset.SCORES, sets_mod.STATISTICS,
+                             self.settings.foreign_sets, decision_mod.VERSION, sets_mod.SET_SIZES, sets_mod.REJECT],
                  "robust": [PERTURBATIONS, JPEG_QUALITIES, NOISE_SIGMA],
                  "foreign": [self._foreign_key, self.settings.foreign_sets, decision_mod.VERSION, decision_mod.REAL_KEEP,
-                             decision_mod.REAL_REGION, decision_mod.UNKNOWN_SCORE, decision_mod.FIT_PER_CLASS]}.get(protocol)
+                             decision_mod.REAL_REGION, decision_mod.UNKNOWN_SCORE, decision_mod.FIT_PER_CLASS,
+                             sets_mod.STATISTIC]}.get(protocol)
         parts = [VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
                  protocol, seed, fold, extra]
         robust = self.settings.robust_training()
@@ -555,6 +558,11 @@ class Bench:
         for kind in openset.SCORES:
             out[kind] = {k: float(np.mean([x[kind][k] for x in folds])) for k in folds[0][kind]}
             out[kind]["auroc_std"] = std_or_zero([x[kind]["auroc"] for x in folds])
+        out["sets"] = {}
+        for kind, by_n in folds[0]["sets"].items():  # mean over folds per set statistic and size
+            out["sets"][kind] = {n: {**{k: float(np.nanmean([x["sets"][kind][n][k] for x in folds])) for k in v},
+                                     "auroc_std": std_or_zero([x["sets"][kind][n]["auroc"] for x in folds])}
+                                 for n, v in by_n.items()}
         return out
 
     def _openset_fold(self, name: str, seed: int, fold) -> dict:
@@ -577,6 +585,28 @@ class Bench:
             rule = openset.fit(kind, f_tr, y_tr, len(cls["model"]), *sets["val"])
             s = {k: rule.score(*v) for k, v in sets.items()}
             out[kind] = openset.evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"])
+        labels = {p: self.targets(self.rows_of(known, p), cls)["model"] for p in ("val", "test")}
+        held = self.table["model"].to_numpy()[self.rows_of(list(fold.test))]
+        out["sets"] = self._openset_sets(cls["model"], (f_tr, y_tr), (*sets["val"], labels["val"]),
+                                         (*sets["test"], labels["test"]), {m: (sets["unknown"][0][held == m],
+                                                                               sets["unknown"][1][held == m])
+                                                                           for m in dict.fromkeys(held)}, seed)
+        return out
+
+    def _openset_sets(self, classes: list[str], train, val, test, unknown: dict, seed: int) -> dict:
+        """Sets of one source on a held-out-models fold, for every set statistic: the held-out models'
+        sets against the known models' test sets (open_world.evaluate, the foreign protocol's code)."""
+        f_tr, y_tr = train
+        f_te, z_te, y_te = test
+        d = decision_mod.fit(classes, (f_tr, None, y_tr), val)
+        names = np.asarray(classes)[y_te]
+        real = names == split_mod.REAL
+        out = {}
+        for kind in sets_mod.STATISTICS:
+            d.set_rule = sets_mod.fit(classes, f_tr, y_tr, val[0], val[2], kind=kind)
+            fig = open_world.evaluate(d, (f_te[~real], z_te[~real], names[~real]), (f_te[real], z_te[real]), unknown,
+                                      n_sets=self.settings.foreign_sets, seed=seed)
+            out[kind] = {str(n): v for n, v in open_world.set_summary(fig).items()}
         return out
 
     def foreign(self, name: str, seed: int) -> dict:

@@ -151,7 +151,7 @@ class Decision:
 # ---- fitting ---------------------------------------------------------------------------------------
 def fit(classes: list[str], train: tuple[np.ndarray, np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray, np.ndarray],
         test: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, *, score: str = UNKNOWN_SCORE,
-        real_keep: float = REAL_KEEP) -> Decision:
+        set_statistic: str = sets.STATISTIC, real_keep: float = REAL_KEEP) -> Decision:
     """Each of train, val, test: (features, model logits, model labels). Statistics from train,
     temperature and thresholds from val; test only measures."""
     f_tr, _, y_tr = train
@@ -176,7 +176,7 @@ def fit(classes: list[str], train: tuple[np.ndarray, np.ndarray, np.ndarray], va
     counts = np.bincount(y_tr, minlength=len(classes)).astype(np.float64)
     log_prior = np.log(np.maximum(counts, 1) / max(counts.sum(), 1))
     d = Decision(list(classes), temperature, real, real_threshold, region, rule,
-                 sets.fit(classes, f_tr, y_tr, f_va, y_va), log_prior)
+                 sets.fit(classes, f_tr, y_tr, f_va, y_va, kind=set_statistic), log_prior)
     v = d.verdicts(f_va, z_va)
     d.measured = {
         "val_real_kept": float(np.mean(v["verdict"][is_real] == "real")) if is_real.any() else float("nan"),
@@ -201,8 +201,8 @@ def part_rows(table: pd.DataFrame, part: str, per_class: int | None, seed: int =
 
 
 def entry_key(entry: dict) -> str:
-    return key_of(VERSION, entry["key"], REAL_KEEP, REAL_REGION, UNKNOWN_SCORE, openset.ACCEPT, sets.SET_SIZES, sets.REJECT,
-                  sets.N_SETS, sets.BANK, FIT_PER_CLASS)
+    return key_of(VERSION, entry["key"], REAL_KEEP, REAL_REGION, UNKNOWN_SCORE, openset.ACCEPT, sets.STATISTIC, sets.SET_SIZES,
+                  sets.REJECT, sets.N_SETS, sets.BANK, FIT_PER_CLASS)
 
 
 def ensure(ws: Workspace, kind: str, method, entry: dict, *, log=lambda message: None) -> Decision:
