@@ -8,7 +8,7 @@ verdict fitted on the fold's known models (training and validation features), se
 held-out test group's models against sets of the known models' test images (open_world.evaluate).
 sets.STATISTIC is the best mean set AUROC at n = 20 here (the smaller index on a tie).
 
-    python bench/openset_scores.py [--workspace WS] [--kind fused] [--train-per-model 400] [--max-epochs 6] [--threads 1]
+    python bench/openset_scores.py [--workspace WS] [--kind fused] [--train-per-model 400] [--max-epochs 6] [--threads 1] [--synthetic]
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train-per-model", type=int, default=400)
     ap.add_argument("--max-epochs", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--synthetic", action="store_true",
+                    help="train with synthetic unknowns (synthetic.py: random augmentation nets, outlier exposure)")
     ap.add_argument("--out", type=Path, default=None, help="resumable folds (default: <workspace>-openset-scores)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -51,15 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     if name in skipped:
         raise SystemExit(f"{name}: {skipped[name]}")
     settings = bench.Settings(seeds=(0,), openset_groups=args.groups, device="cpu", train_per_model=args.train_per_model,
-                              max_epochs=args.max_epochs)
+                              max_epochs=args.max_epochs, synthetic=args.synthetic)
     t0 = time.perf_counter()
     b = bench.Bench(ws, out, factories, settings=settings)
     b._bar = b.progress.task("openset folds", len(b.openset_plan))
     b.computed = b.reused = 0
     result = b.openset(name, 0)
     seconds = time.perf_counter() - t0
+    synth = "; synthetic unknowns (synthetic.py)" if args.synthetic else ""
     print(f"# {name} on {ws.path}: held-out-models protocol, {len(result['folds'])} folds; train {args.train_per_model} "
-          f"per model, at most {args.max_epochs} epochs; {devices.cpu_name()}, {args.threads} thread(s), "
+          f"per model, at most {args.max_epochs} epochs{synth}; {devices.cpu_name()}, {args.threads} thread(s), "
           f"load {os.getloadavg()[0]:.2f}, {seconds:.0f} s\n")
     print("| score | AUROC (mean ± std over folds) | TPR at 95% accept | FPR at 95% accept |\n|---|---|---|---|")
     best = max(openset.SCORES, key=lambda k: result[k]["auroc"])

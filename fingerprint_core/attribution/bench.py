@@ -43,6 +43,10 @@ validation rows plus `robust_copies` perturbed copies of them (robustness.augmen
 `manifpt train --robust`): the image-based baselines the perturbed images, ManiFPT the artifacts of
 the perturbed images re-projected through each space and its exact manifold (the workspace's banks,
 robustness.banks, shared with `manifpt train --robust`). The robust setting is part of every key.
+
+Synthetic unknowns (Settings.synthetic, `bench/openset_scores.py --synthetic`): methods whose fit takes
+outliers (ManiFPT) also train on the augmentation nets' traces of the fold's known models' training
+images (synthetic.py, outlier exposure); part of their keys when on.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ import numpy as np
 import pandas as pd
 
 from fingerprint_core import devices, protocol
-from fingerprint_core.attribution import baselines, open_world, openset, robustness
+from fingerprint_core.attribution import baselines, open_world, openset, robustness, synthetic
 from fingerprint_core.attribution import decision as decision_mod
 from fingerprint_core.attribution import sets as sets_mod
 from fingerprint_core.attribution import split as split_mod
@@ -229,6 +233,11 @@ class Settings:
     robust_p: float = robustness.P
     foreign: str | None = None  # a foreign set's folder (<model>/samples.npz): the g protocol
     foreign_sets: int = open_world.N_SETS  # seeded sets per source and size in the g protocol
+    synthetic: bool = False  # methods that take outliers also train on synthetic unknowns (synthetic.py)
+
+    def synthetic_unknowns(self) -> dict | None:
+        """The synthetic-unknown setting as data (None when off): part of every part's key."""
+        return synthetic.recipe() if self.synthetic else None
 
     def robust_training(self) -> dict | None:
         """The robust-training setting as data (None when off): part of every part's key."""
@@ -338,6 +347,18 @@ class Bench:
                        {sp: self._robust[(sp, c)][pos] for sp in needs if sp != "images"})
                 for c in range(s.robust_copies)]
 
+    def synthetic_inputs(self, needs: tuple[str, ...], rows: np.ndarray) -> Inputs:
+        """Synthetic unknowns for a fit on these training rows: the augmentation nets' traces on a
+        seeded subset of each known generated model's rows, re-projected (banks in the workspace)."""
+        src = synthetic.source_rows(self.table, rows, split_mod.REAL)
+        arts = {}
+        for space in needs:
+            if space == "images":
+                raise ValueError("synthetic unknowns are artifacts; a method reading images does not take them")
+            arts[space] = robustness.banks(self.ws, self.table, src, space, 1, transform=synthetic.transform(),
+                                           reprojector=self._reprojector, log=self.progress.log)[0]
+        return Inputs(None, arts)
+
     def foreign_inputs(self, needs: tuple[str, ...]) -> dict[str, Inputs]:
         """model -> its foreign images, or their artifacts projected through each space and its exact
         manifold like any user's image (projected once per run)."""
@@ -372,6 +393,8 @@ class Bench:
         robust = self.settings.robust_training()
         if robust is not None:  # appended only when on: the keys of clean runs stay as they were
             parts.append({"robust_training": robust})
+        if self.settings.synthetic and _takes(self.factories[name](), "outliers"):
+            parts.append({"synthetic_unknowns": self.settings.synthetic_unknowns()})
         return key_of(*parts)
 
     def _path(self, name: str, protocol: str, seed: int, fold: int | None = None) -> Path:
@@ -420,7 +443,10 @@ class Bench:
             xv = _stack([xv, *self.robust_inputs(method.needs, val)])
             k = 1 + self.settings.robust_copies
             ys, yv = ({h: np.concatenate([t] * k) for h, t in y.items()} for y in (ys, yv))
-        method.fit(xs, ys, xv, yv, classes=classes, seed=seed, device=self.settings.device)
+        extra = {}
+        if self.settings.synthetic and _takes(method, "outliers"):
+            extra["outliers"] = self.synthetic_inputs(method.needs, train)
+        method.fit(xs, ys, xv, yv, classes=classes, seed=seed, device=self.settings.device, **extra)
         return method
 
     def _model_dir(self, name: str, seed: int) -> Path:
@@ -687,6 +713,7 @@ class Bench:
                          "jpeg_quality": JPEG_QUALITY, "noise_sigma_codes": NOISE_SIGMA, "openset_score": SCORE,
                          "jpeg_qualities": JPEG_QUALITIES, "train_per_model": s.train_per_model,
                          "max_epochs": s.max_epochs, "robust_training": s.robust_training(),
+                         "synthetic_unknowns": s.synthetic_unknowns(),
                          "foreign": s.foreign, "foreign_key": self._foreign_key, "foreign_sets": s.foreign_sets},
             "plans": {"lodo": self.lodo_plan, "openset": [{"calibration": list(f.calibration), "test": list(f.test)}
                                                            for f in self.openset_plan],
@@ -726,6 +753,11 @@ def _stack(inputs: list[Inputs]) -> Inputs:
                   {s: np.concatenate([x.artifacts[s] for x in inputs]) for s in inputs[0].artifacts})
 
 
+def _takes(method: Method, name: str) -> bool:
+    """Whether the method's fit takes the keyword name."""
+    return name in inspect.signature(method.fit).parameters
+
+
 def notes(s: Settings, n_lodo: int, n_openset: int, budget: dict | None = None) -> list[str]:
     seeds = ",".join(map(str, s.seeds))
     robust = s.robust_training()
@@ -743,6 +775,9 @@ def notes(s: Settings, n_lodo: int, n_openset: int, budget: dict | None = None) 
          f"Training: robust, every method on the clean training and validation rows plus {s.robust_copies} perturbed "
          f"cop{'y' if s.robust_copies == 1 else 'ies'} (each with p {s.robust_p:g}: JPEG quality 50-100, resize 0.5-1 and "
          "back, noise sigma 0-3/255, blur sigma 0-1 px); ManiFPT on the re-projected artifacts of the perturbed images."),
+        *([] if not s.synthetic else [
+            f"Synthetic unknowns: ManiFPT also trains on {synthetic.NETS} random augmentation nets' traces of "
+            f"{synthetic.PER_MODEL} training images per known model (outlier exposure, weight {synthetic.WEIGHT:g})."]),
         f"c robust: closed-set models on test images after JPEG {', '.join(str(q) for q in JPEG_QUALITIES.values())} "
         f"(headline {JPEG_QUALITY}), resize 0.5 (antialiased bilinear down, bilinear back), noise sigma "
         f"{NOISE_SIGMA:g}/255; ManiFPT's artifacts recomputed from the perturbed images.",

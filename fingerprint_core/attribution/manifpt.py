@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from fingerprint_core import devices, spaces
 from fingerprint_core.attribution import nets
 from fingerprint_core.attribution.method import Classes, Inputs, Method, Targets, read_config, write_config
+from fingerprint_core.workspace import REAL
 
 WEIGHTS = "weights.safetensors"
 FUSED = "fused"
@@ -95,10 +96,17 @@ class ManiFPT(Method):
 
     # ---- training -----------------------------------------------------------------------
     def fit(self, train: Inputs, targets: Targets, val: Inputs, val_targets: Targets, *, classes: Classes,
-            seed: int = 0, device: str | torch.device = "auto") -> ManiFPT:
-        """Train every head with AdamW (cosine schedule); keep the epoch of best validation model accuracy."""
+            seed: int = 0, device: str | torch.device = "auto", outliers: Inputs | None = None) -> ManiFPT:
+        """Train every head with AdamW (cosine schedule); keep the epoch of best validation model accuracy.
+
+        outliers: synthetic unknowns (synthetic.py); each step adds half a batch of them, and the model
+        head's softmax on them is pulled towards uniform over the generated classes (outlier exposure)."""
+        from fingerprint_core.attribution import synthetic
+
         dev = devices.resolve(device)
         xs, xv = self._arrays(train), self._arrays(val)
+        xo = self._arrays(outliers) if outliers is not None else None
+        n_out = len(next(iter(xo.values()))) if xo else 0
         heads = {h: len(classes[h]) for h in classes if h in targets}
         if "model" not in heads:
             raise ValueError("targets need the head 'model'")
@@ -116,6 +124,9 @@ class ManiFPT(Method):
             net = net.to(dev).to(memory_format=torch.channels_last)
             train_t = {s: t.to(dev) for s, t in train_t.items()}  # one copy on the device, not per batch
             y = {h: torch.from_numpy(np.array(targets[h], dtype=np.int64)).to(dev) for h in heads}
+            out_t = {s: torch.from_numpy(np.require(a, np.float32, ["C", "W"])).to(dev) for s, a in xo.items()} if n_out else {}
+            generated = torch.tensor([c != REAL for c in classes["model"]], device=dev)
+            out_gen = torch.Generator().manual_seed(seed + 1)
             opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
             # small sets get smaller batches: at least 16 steps an epoch, so a few epochs can learn
             batch = min(self.batch_size, max(16, n // 16))
@@ -133,8 +144,15 @@ class ManiFPT(Method):
                     idx = order[a : a + batch]
                     if len(idx) < 2:  # batch norm needs two samples
                         continue
-                    _, logits = net({s: t[idx] for s, t in train_t.items()})
-                    loss = sum(F.cross_entropy(logits[h], y[h][idx]) for h in heads)
+                    if n_out:  # one pass over the batch and half a batch of outliers (shared batch norm)
+                        o = torch.randint(n_out, (max(2, len(idx) // 2),), generator=out_gen).to(dev)
+                        _, both = net({s: torch.cat([t[idx], out_t[s][o]]) for s, t in train_t.items()})
+                        logits = {h: z[: len(idx)] for h, z in both.items()}
+                        extra = synthetic.WEIGHT * synthetic.outlier_exposure(both["model"][len(idx):], generated)
+                    else:
+                        _, logits = net({s: t[idx] for s, t in train_t.items()})
+                        extra = 0.0
+                    loss = sum(F.cross_entropy(logits[h], y[h][idx]) for h in heads) + extra
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -7,16 +7,20 @@ banks of re-projected artifacts of perturbed training images that `manifpt train
 
 Bank layout (workspace entries, beside the rest; docs/attribution.md)::
 
-    WS/robust/<space>/<model>-c<copy>-<key>/artifacts.npy   float16 N x D: the artifacts of
-                                                             augment(images, seed=copy, ids=rows)
+    WS/robust/<space>/<model>-c<copy>-<key>/artifacts.npy   float16 N x D: the artifacts of the
+                                                             images after the bank's Transform (default
+                                                             augment(images, seed=copy, ids=rows))
     WS/robust/<space>/<model>-c<copy>-<key>/index.npy       int64 N: the sample index of each row
 
-<key> hashes the model's artifact entry in that space, its images, the recipe, the copy and the
+<key> hashes the model's artifact entry in that space, its images, the transform's recipe, the copy and the
 rows, so a rerun finds a finished bank by its name. One entry per (space, model, copy): a killed
 run keeps every finished one and computes only the rest.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -152,23 +156,40 @@ class Reprojector:
 
 # ---- banks: re-projected artifacts of perturbed training images -----------------------------------
 
-def bank_rel(ws: Workspace, space: str, model: str, copy: int, index: np.ndarray, p: float = P) -> str:
-    """The entry folder of one bank: the artifacts of one model's rows, augmented with seed=copy."""
+@dataclass(frozen=True)
+class Transform:
+    """What a bank's images go through before re-projection: its recipe as data (part of every bank
+    key) and apply(uint8 images, copy, ids) -> uint8 images, deterministic in (copy, ids)."""
+
+    recipe: dict
+    apply: Callable[[np.ndarray, int, np.ndarray], np.ndarray]
+
+
+def training_transform(p: float = P) -> Transform:
+    """The robust-training recipe (augment with probability p) as a bank transform."""
+    return Transform(recipe(p), lambda images, copy, ids: augment(images, copy, ids=ids, p=p))
+
+
+def bank_rel(ws: Workspace, space: str, model: str, copy: int, index: np.ndarray, transform: Transform) -> str:
+    """The entry folder of one bank: the artifacts of one model's rows after transform (copy)."""
     entry = ws.manifest["models"][model]
     key = key_of(BANK_VERSION, entry["spaces"][space]["key"], entry["images"]["key"], ws.config.get("algorithm"),
-                 recipe(p), int(copy), np.asarray(index, np.int64).tolist())
+                 transform.recipe, int(copy), np.asarray(index, np.int64).tolist())
     return f"{BANKS}/{space}/{model}-c{int(copy)}-{key}"
 
 
 def banks(ws: Workspace, table, rows: np.ndarray, space: str, copies: int = 1, *, p: float = P,
-          reprojector: Reprojector | None = None, log=lambda message: None) -> list[np.ndarray]:
+          transform: Transform | None = None, reprojector: Reprojector | None = None,
+          log=lambda message: None) -> list[np.ndarray]:
     """Per copy c < copies, float32 len(rows) x D: the artifacts (through the space and the exact
-    manifold, Reprojector.artifacts) of augment(images of the rows, seed=c, ids=rows), rows being
-    positions in the split table (model, index). Finished banks are read back from the workspace;
-    missing ones are computed and written as entries in chunks (the caller holds the writer lock, or
-    accepts that two runs may compute the same bank; the entry write keeps the first)."""
+    manifold, Reprojector.artifacts) of the rows' images after transform (default: augment at p,
+    seed=c, ids=rows), rows being positions in the split table (model, index). Finished banks are
+    read back from the workspace; missing ones are computed and written as entries in chunks (the
+    caller holds the writer lock, or accepts that two runs may compute the same bank; the entry
+    write keeps the first)."""
     from fingerprint_core.workspace import load_npy
 
+    transform = transform or training_transform(p)
     rows = np.asarray(rows, np.int64)
     sub = table.iloc[rows]
     reprojector = reprojector or Reprojector(ws)
@@ -180,10 +201,10 @@ def banks(ws: Workspace, table, rows: np.ndarray, space: str, copies: int = 1, *
             idx = group["index"].to_numpy(np.int64)
             sort = np.argsort(idx, kind="stable")
             pos, idx, ids = pos[sort], idx[sort], rows[pos[sort]]
-            rel = bank_rel(ws, space, model, c, idx, p)
+            rel = bank_rel(ws, space, model, c, idx, transform)
             if ws.verified(rel) is None:
-                log(f"re-projecting perturbed copy {c} of {model} ({len(idx)} images) in {space}")
-                _write_bank(ws, rel, space, model, idx, ids, c, p, reprojector)
+                log(f"re-projecting transformed copy {c} of {model} ({len(idx)} images) in {space}")
+                _write_bank(ws, rel, space, model, idx, ids, c, transform, reprojector)
             parts.append(np.asarray(load_npy(ws.file(rel, "artifacts.npy"), ws.path), np.float32))
             order.append(pos)
         back = np.empty(len(rows), np.int64)
@@ -195,15 +216,15 @@ def banks(ws: Workspace, table, rows: np.ndarray, space: str, copies: int = 1, *
 
 
 def _write_bank(ws: Workspace, rel: str, space: str, model: str, idx: np.ndarray, ids: np.ndarray, copy: int,
-                p: float, reprojector: Reprojector) -> None:
+                transform: Transform, reprojector: Reprojector) -> None:
     images = ws.images(model)
-    meta = {"space": space, "model": model, "copy": int(copy), "recipe": recipe(p),
+    meta = {"space": space, "model": model, "copy": int(copy), "recipe": transform.recipe,
             "artifacts": ws.manifest["models"][model]["spaces"][space]["key"]}
     with ws.entry(rel, meta=meta) as e:
         e.put_array("index.npy", idx)
         stream = None
         for a in range(0, len(idx), BANK_CHUNK):
-            aug = augment(np.asarray(images[idx[a:a + BANK_CHUNK]]), copy, ids=ids[a:a + BANK_CHUNK], p=p)
+            aug = transform.apply(np.asarray(images[idx[a:a + BANK_CHUNK]]), copy, ids[a:a + BANK_CHUNK])
             arts = reprojector.artifacts(aug, space).astype(np.float16)
             if stream is None:
                 stream = e.array("artifacts.npy", (len(idx), arts.shape[1]), np.float16)
