@@ -13,7 +13,7 @@ from app import figures_attribution as fat
 from app import state
 from app import state_attribution as sa
 from app.text import md, md_code
-from fingerprint_core.attribution import predict
+from fingerprint_core.attribution import predict, sets
 from fingerprint_core.workspace import Workspace, WorkspaceError
 
 UPLOAD_KEY = "attr_upload"
@@ -279,7 +279,7 @@ def set_section(attributor, cards: list[sa.Card], file_ids: tuple) -> dict | Non
             "real": "**real** images"}[s["verdict"]]
     box = {"known": st.success, "unknown": st.warning, "real": st.info}[s["verdict"]]
     box(f"Set verdict: {said} (p {s['p']:.3f}; {s['n']} images, thresholds of sets of {s['size_calibrated']}, "
-        "each rejecting at most 1% of a known model's validation sets).", icon=":material/group_work:")
+        f"each rejecting {sets.REJECT:.1%} of a known model's validation sets).", icon=":material/group_work:")
     if s["design"]:
         rows = [{"factor": f, "value": v["value"], "p": v["p"], "how": v.get("reliability", "set posterior of the known models")}
                 for f, v in s["design"].items()]

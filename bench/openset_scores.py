@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fingerprint_core import devices  # noqa: E402
-from fingerprint_core.attribution import bench, openset  # noqa: E402
+from fingerprint_core.attribution import bench, openset, sets  # noqa: E402
 from fingerprint_core.workspace import Workspace  # noqa: E402
+
+REAL_FLOOR = 0.95  # the share of real images that must be called real (issue: at least 95%)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,16 +75,43 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper fold AUROC: " + "; ".join(", ".join(f"{k} {f[k]['auroc']:.3f}" for k in openset.SCORES)
                                           for f in result["folds"]))
     by_kind = result["sets"]
-    chosen = max(by_kind, key=lambda k: (by_kind[k]["20"]["auroc"], -list(by_kind).index(k)))
+    statistics = [k for k in by_kind if k in sets.STATISTICS]
+    chosen = max(statistics, key=lambda k: (by_kind[k]["20"]["auroc"], -statistics.index(k)))
     print(f"\nSets of one source ({b.settings.foreign_sets} seeded sets per source and size; held-out models' sets "
           "against known models' test sets; chance AUROC 0.5):\n")
     print("| set statistic | n | set AUROC (mean ± std over folds) | known sets: right model (mean, worst) "
           "| known sets called unknown | held-out sets called unknown |\n|---|---|---|---|---|---|")
-    for kind, by_n in by_kind.items():
-        for n, r in by_n.items():
+    for kind in statistics:
+        for n, r in by_kind[kind].items():
             mark = " (chosen)" if kind == chosen and n == "20" else ""
             print(f"| {kind}{mark} | {n} | {r['auroc']:.3f} ± {r['auroc_std']:.3f} | {r['right_model']:.3f}, "
                   f"{r['right_model_worst']:.2f} | {r['known_called_unknown']:.3f} | {r['foreign_called_unknown']:.3f} |")
+    # the share of own validation sets a class rejects (sets.REJECT): the largest candidate whose known
+    # test sets are called unknown at most REJECTS[0] of the time (the bound itself) at every size
+    bound = sets.REJECTS[0]
+    print(f"\nShare of own validation sets rejected, {sets.STATISTIC} (sets.REJECT: the largest whose known test sets "
+          f"are called unknown at most {bound:g} of the time at every n):\n")
+    print("| reject | n | known sets: right model (mean, worst) | known sets called unknown | held-out sets called unknown "
+          "| set AUROC |\n|---|---|---|---|---|---|")
+    label = {r: sets.STATISTIC if r == sets.REJECT else f"{sets.STATISTIC}@{r:g}" for r in sets.REJECTS}
+    holds = [r for r in sets.REJECTS if label[r] in by_kind
+             and all(v["known_called_unknown"] <= bound for v in by_kind[label[r]].values())]
+    for r in sets.REJECTS:
+        for n, v in by_kind.get(label[r], {}).items():
+            mark = " (largest that holds)" if holds and r == max(holds) and n == "20" else ""
+            print(f"| {r:g}{mark} | {n} | {v['right_model']:.3f}, {v['right_model_worst']:.2f} | "
+                  f"{v['known_called_unknown']:.3f} | {v['foreign_called_unknown']:.3f} | {v['auroc']:.3f} |")
+    # the share of real validation images kept (decision.REAL_KEEP): the smallest candidate whose real
+    # test images are called real at least REAL_FLOOR of the time on every fold
+    keeps = result["real_keep"]
+    holding = [k for k, v in keeps.items() if v["real_kept_worst"] >= REAL_FLOOR]
+    print(f"\nShare of real validation images kept (decision.REAL_KEEP: the smallest whose real test images are called "
+          f"real at least {REAL_FLOOR:g} of the time on every fold), per image:\n")
+    print("| real kept on validation | real test called real (mean, worst fold) | held-out models' images called real |"
+          "\n|---|---|---|")
+    for k, v in keeps.items():
+        mark = " (smallest that holds)" if holding and float(k) == min(map(float, holding)) else ""
+        print(f"| {k}{mark} | {v['real_kept']:.3f}, {v['real_kept_worst']:.3f} | {v['held_out_called_real']:.3f} |")
     return 0
 
 

@@ -76,6 +76,23 @@ def test_known_sets_are_rarely_rejected_and_a_new_source_always(kind):
     assert rule.size_index(4) is None and rule.size_index(19) == 0 and rule.size_index(1000) == 2
 
 
+def test_thresholds_come_from_the_validation_null_at_the_share_rejected():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(0, 2.0, (3, 6))
+    f_tr, y_tr = gaussians(200, centres, rng)
+    f_va, y_va = gaussians(90, centres[:2], rng)  # class c has no validation images; 90 < 2 x 50 for a and b
+    rule = sets.fit(["a", "b", "c"], f_tr, y_tr, f_va, y_va, n_sets=200, reject=0.05)
+    assert rule.reject == 0.05 and rule.config()["reject"] == 0.05
+    np.testing.assert_array_equal(rule.thresholds, sets.thresholds_at(rule.null, 0.05))
+    assert np.isinf(rule.thresholds[:, 2]).all()  # no validation sets: accepts any set
+    assert rule.thresholds[2, 0] == rule.thresholds[1, 0]  # too few images for sets of 50: the size-20 threshold
+    for i in range(3):  # each threshold rejects at most the share asked of its own null, and a smaller share rejects less
+        for k in range(2):
+            assert np.mean(rule.null[i, k] > rule.thresholds[i, k]) <= 0.05
+    stricter = sets.thresholds_at(rule.null, 0.005)
+    assert (stricter[:, :2] >= rule.thresholds[:, :2]).all() and (stricter[:, :2] > rule.thresholds[:, :2]).any()
+
+
 def test_hotelling_t2_of_a_set_mean_and_its_use_in_each_statistic():
     rng = np.random.default_rng(4)
     centres = np.array([[0.0, 0, 0], [3.0, 0, 0]])
@@ -127,6 +144,27 @@ def test_real_is_decided_first_and_needs_the_real_region():
     v = d.verdicts(known, known @ w)
     assert np.mean(v["verdict"] == "known") >= 0.85 and (v["model"][v["verdict"] == "known"] == 0).all()
     assert "test_ece" in d.measured and len(d.measured["reliability"]) == calibration.BINS
+
+
+def test_the_share_of_real_validation_images_kept_sets_the_p_real_threshold():
+    rng = np.random.default_rng(5)
+    centres = np.array([[1.5, 0, 0, 0], [0, 1.5, 0, 0], [0, 0, 1.5, 0]])  # overlapping: p(real) spreads out
+    w = centres.T / 2
+
+    def part(n):
+        f, y = gaussians(n, centres, rng)
+        return f, f @ w, y
+
+    val = part(400)
+    d = decision.fit(["a", "b", "real"], part(300), val)
+    is_real = val[2] == 2
+    kept = {}
+    for keep in (0.97, 0.9, 0.8):
+        dk = decision.with_real_keep(d, val, keep)
+        kept[keep] = np.mean(dk.verdicts(*val[:2])["verdict"][is_real] == "real")
+        assert keep - 0.01 <= kept[keep] <= keep + 0.01  # ties in p(real) aside, exactly the share asked
+    assert decision.with_real_keep(d, val, decision.REAL_KEEP).real_threshold == d.real_threshold
+    assert decision.p_real_threshold(np.array([0.9, 0.2, 0.7]), 4, 0.5) == 0.7 and np.isinf(decision.p_real_threshold(np.zeros(0), 4, 0.5))
 
 
 @pytest.mark.parametrize("kind", sets.STATISTICS)

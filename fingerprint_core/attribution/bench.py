@@ -51,6 +51,7 @@ images (synthetic.py, outlier exposure); part of their keys when on.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import os
@@ -383,11 +384,12 @@ class Bench:
     def _key(self, name: str, protocol: str, seed: int, fold: int | None = None) -> str:
         extra = {"lodo": [LODO_VERSION, self.lodo_plan],
                  "openset": [[(f.calibration, f.test) for f in self.openset_plan], openset.SCORES, sets_mod.STATISTICS,
-                             self.settings.foreign_sets, decision_mod.VERSION, sets_mod.SET_SIZES, sets_mod.REJECT],
+                             self.settings.foreign_sets, decision_mod.VERSION, sets_mod.SET_SIZES, sets_mod.REJECT,
+                             sets_mod.REJECTS, decision_mod.REAL_KEEPS, decision_mod.REAL_REGION, decision_mod.UNKNOWN_SCORE],
                  "robust": [PERTURBATIONS, JPEG_QUALITIES, NOISE_SIGMA],
                  "foreign": [self._foreign_key, self.settings.foreign_sets, decision_mod.VERSION, decision_mod.REAL_KEEP,
                              decision_mod.REAL_REGION, decision_mod.UNKNOWN_SCORE, decision_mod.FIT_PER_CLASS,
-                             sets_mod.STATISTIC]}.get(protocol)
+                             sets_mod.STATISTIC, sets_mod.SET_SIZES, sets_mod.REJECT, sets_mod.N_SETS, sets_mod.BANK]}.get(protocol)
         parts = [VERSION, self.ws_key, SPLIT_SEED, self.settings.train_per_model, identity(self.factories[name]()),
                  protocol, seed, fold, extra]
         robust = self.settings.robust_training()
@@ -589,6 +591,9 @@ class Bench:
             out["sets"][kind] = {n: {**{k: float(np.nanmean([x["sets"][kind][n][k] for x in folds])) for k in v},
                                      "auroc_std": std_or_zero([x["sets"][kind][n]["auroc"] for x in folds])}
                                  for n, v in by_n.items()}
+        out["real_keep"] = {keep: {**{k: float(np.mean([x["real_keep"][keep][k] for x in folds])) for k in v},
+                                   "real_kept_worst": float(min(x["real_keep"][keep]["real_kept"] for x in folds))}
+                            for keep, v in folds[0]["real_keep"].items()}
         return out
 
     def _openset_fold(self, name: str, seed: int, fold) -> dict:
@@ -613,7 +618,7 @@ class Bench:
             out[kind] = openset.evaluate_fold(s["val"], s["calibration"], s["test"], s["unknown"])
         labels = {p: self.targets(self.rows_of(known, p), cls)["model"] for p in ("val", "test")}
         held = self.table["model"].to_numpy()[self.rows_of(list(fold.test))]
-        out["sets"] = self._openset_sets(cls["model"], (f_tr, y_tr), (*sets["val"], labels["val"]),
+        out["sets"], out["real_keep"] = self._openset_sets(cls["model"], (f_tr, y_tr), (*sets["val"], labels["val"]),
                                          (*sets["test"], labels["test"]), {m: (sets["unknown"][0][held == m],
                                                                                sets["unknown"][1][held == m])
                                                                            for m in dict.fromkeys(held)}, seed)
@@ -621,19 +626,30 @@ class Bench:
 
     def _openset_sets(self, classes: list[str], train, val, test, unknown: dict, seed: int) -> dict:
         """Sets of one source on a held-out-models fold, for every set statistic: the held-out models'
-        sets against the known models' test sets (open_world.evaluate, the foreign protocol's code)."""
+        sets against the known models' test sets (open_world.evaluate, the foreign protocol's code); for
+        sets.STATISTIC also at each share of own validation sets rejected in sets.REJECTS ("<kind>@<reject>").
+        Also, per image, at each share of real validation images kept in decision.REAL_KEEPS: the real test
+        images called real and the held-out models' images called real."""
         f_tr, y_tr = train
         f_te, z_te, y_te = test
         d = decision_mod.fit(classes, (f_tr, None, y_tr), val)
         names = np.asarray(classes)[y_te]
         real = names == split_mod.REAL
+        real_keep = {}
+        for keep in decision_mod.REAL_KEEPS:
+            fig = open_world.evaluate(decision_mod.with_real_keep(d, val, keep), (f_te[~real], z_te[~real], names[~real]),
+                                      (f_te[real], z_te[real]), unknown, sizes=())
+            real_keep[f"{keep:g}"] = {"real_kept": fig["real_called_real"], "held_out_called_real": fig["foreign_called_real"]}
         out = {}
         for kind in sets_mod.STATISTICS:
-            d.set_rule = sets_mod.fit(classes, f_tr, y_tr, val[0], val[2], kind=kind)
-            fig = open_world.evaluate(d, (f_te[~real], z_te[~real], names[~real]), (f_te[real], z_te[real]), unknown,
-                                      n_sets=self.settings.foreign_sets, seed=seed)
-            out[kind] = {str(n): v for n, v in open_world.set_summary(fig).items()}
-        return out
+            rule = sets_mod.fit(classes, f_tr, y_tr, val[0], val[2], kind=kind)
+            for reject in sets_mod.REJECTS if kind == sets_mod.STATISTIC else (sets_mod.REJECT,):
+                d.set_rule = dataclasses.replace(rule, thresholds=sets_mod.thresholds_at(rule.null, reject), reject=reject)
+                fig = open_world.evaluate(d, (f_te[~real], z_te[~real], names[~real]), (f_te[real], z_te[real]), unknown,
+                                          n_sets=self.settings.foreign_sets, seed=seed)
+                label = kind if reject == sets_mod.REJECT else f"{kind}@{reject:g}"
+                out[label] = {str(n): v for n, v in open_world.set_summary(fig).items()}
+        return out, real_keep
 
     def foreign(self, name: str, seed: int) -> dict:
         if self.settings.foreign is None:

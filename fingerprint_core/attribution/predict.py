@@ -150,7 +150,7 @@ class Attributor:
                             "set_for": "share of generated validation images of known models accepted",
                             "validation": {"generated_accepted": d.measured.get("val_generated_accepted")}},
                 "sets": {"statistic": "unbiased MMD^2, Gaussian kernel on standardised attributor features",
-                         "sizes": list(d.set_rule.sizes), "rejects": decision_mod.sets.REJECT,
+                         "sizes": list(d.set_rule.sizes), "rejects": d.set_rule.reject,
                          "set_for": "share of a known class's validation sets its own threshold rejects"},
                 "calibration": {"test_ece": d.measured.get("test_ece"), "test_ece_uncalibrated": d.measured.get("test_ece_raw")}}
 
