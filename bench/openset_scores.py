@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
           f"are called unknown at most {bound:g} of the time at every n):\n")
     print("| reject | n | known sets: right model (mean, worst) | known sets called unknown | held-out sets called unknown "
           "| set AUROC |\n|---|---|---|---|---|---|")
-    label = {r: sets.STATISTIC if r == sets.REJECT else f"{sets.STATISTIC}@{r:g}" for r in sets.REJECTS}
+    label = {r: sets.reject_label(sets.STATISTIC, r) for r in sets.REJECTS}
     holds = [r for r in sets.REJECTS if label[r] in by_kind
              and all(v["known_called_unknown"] <= bound for v in by_kind[label[r]].values())]
     for r in sets.REJECTS:

@@ -624,7 +624,7 @@ class Bench:
                                                                            for m in dict.fromkeys(held)}, seed)
         return out
 
-    def _openset_sets(self, classes: list[str], train, val, test, unknown: dict, seed: int) -> dict:
+    def _openset_sets(self, classes: list[str], train, val, test, unknown: dict, seed: int) -> tuple[dict, dict]:
         """Sets of one source on a held-out-models fold, for every set statistic: the held-out models'
         sets against the known models' test sets (open_world.evaluate, the foreign protocol's code); for
         sets.STATISTIC also at each share of own validation sets rejected in sets.REJECTS ("<kind>@<reject>").
@@ -635,20 +635,18 @@ class Bench:
         d = decision_mod.fit(classes, (f_tr, None, y_tr), val)
         names = np.asarray(classes)[y_te]
         real = names == split_mod.REAL
+        known_te, real_te = (f_te[~real], z_te[~real], names[~real]), (f_te[real], z_te[real])
         real_keep = {}
         for keep in decision_mod.REAL_KEEPS:
-            fig = open_world.evaluate(decision_mod.with_real_keep(d, val, keep), (f_te[~real], z_te[~real], names[~real]),
-                                      (f_te[real], z_te[real]), unknown, sizes=())
+            fig = open_world.evaluate(decision_mod.with_real_keep(d, val, keep), known_te, real_te, unknown, sizes=())
             real_keep[f"{keep:g}"] = {"real_kept": fig["real_called_real"], "held_out_called_real": fig["foreign_called_real"]}
         out = {}
         for kind in sets_mod.STATISTICS:
             rule = sets_mod.fit(classes, f_tr, y_tr, val[0], val[2], kind=kind)
             for reject in sets_mod.REJECTS if kind == sets_mod.STATISTIC else (sets_mod.REJECT,):
                 d.set_rule = dataclasses.replace(rule, thresholds=sets_mod.thresholds_at(rule.null, reject), reject=reject)
-                fig = open_world.evaluate(d, (f_te[~real], z_te[~real], names[~real]), (f_te[real], z_te[real]), unknown,
-                                          n_sets=self.settings.foreign_sets, seed=seed)
-                label = kind if reject == sets_mod.REJECT else f"{kind}@{reject:g}"
-                out[label] = {str(n): v for n, v in open_world.set_summary(fig).items()}
+                fig = open_world.evaluate(d, known_te, real_te, unknown, n_sets=self.settings.foreign_sets, seed=seed)
+                out[sets_mod.reject_label(kind, reject)] = {str(n): v for n, v in open_world.set_summary(fig).items()}
         return out, real_keep
 
     def foreign(self, name: str, seed: int) -> dict:

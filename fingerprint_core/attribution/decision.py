@@ -163,22 +163,19 @@ def fit(classes: list[str], train: tuple[np.ndarray, np.ndarray, np.ndarray], va
     f_va, z_va, y_va = val
     real = classes.index(REAL) if REAL in classes else None
     temperature = calibration.fit_temperature(z_va, y_va)
-    p_va = calibration.calibrated(z_va, temperature)
     is_real = (y_va == real) if real is not None else np.zeros(len(y_va), bool)
     means, precision = openset.fit_gaussians(f_tr, y_tr, len(classes))
     region = openset.OpenSet("mahalanobis", float("inf"), REAL_REGION)
-    real_threshold = float("inf")
     if real is not None and is_real.any():
         region = openset.OpenSet("mahalanobis", 0.0, REAL_REGION, means[[real]], precision)
-        inside = region.score(f_va[is_real], z_va[is_real])
-        region.threshold = openset.threshold_for(inside, REAL_REGION)
-        real_threshold = p_real_threshold(p_va[is_real, real][inside <= region.threshold], int(is_real.sum()), real_keep)
+        region.threshold = openset.threshold_for(region.score(f_va[is_real], z_va[is_real]), REAL_REGION)
     gen_rows = ~is_real
     rule = openset.fit(score, f_tr, y_tr, len(classes), f_va[gen_rows], z_va[gen_rows])
     counts = np.bincount(y_tr, minlength=len(classes)).astype(np.float64)
     log_prior = np.log(np.maximum(counts, 1) / max(counts.sum(), 1))
-    d = Decision(list(classes), temperature, real, real_threshold, region, rule,
+    d = Decision(list(classes), temperature, real, float("inf"), region, rule,
                  sets.fit(classes, f_tr, y_tr, f_va, y_va, kind=set_statistic), log_prior)
+    d = with_real_keep(d, val, real_keep)  # the p(real) threshold, now that the region is fitted
     v = d.verdicts(f_va, z_va)
     d.measured = {
         "val_real_kept": float(np.mean(v["verdict"][is_real] == "real")) if is_real.any() else float("nan"),

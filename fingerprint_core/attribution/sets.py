@@ -22,9 +22,9 @@ sets of the class's validation samples give the statistic's null; the class acce
 below the (1 - REJECT) quantile, so at most REJECT of a known class's validation sets are rejected
 by their own class (their spread widened by the finite-population correction: sets of 50 drawn from
 a pool of 150 vary less than sets of fresh images). REJECT is half the 1% promised for a known
-source's sets, because fresh sets are still rejected more often than the validation sets. A class with fewer than 2n validation images
-keeps its threshold of the smaller size at n (looser: the statistic's spread shrinks with n). A set
-of another size uses the nearest smaller calibrated n.
+source's sets, because fresh sets are still rejected more often than the validation sets. A class
+with fewer than 2n validation images keeps its threshold of the smaller size at n (looser: the
+statistic's spread shrinks with n). A set of another size uses the nearest smaller calibrated n.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SET_SIZES = (5, 20, 50)
 # and 1.6% at n = 50; at 0.005, 0.5% and 0.9%)
 REJECT = 0.005
 REJECTS = (0.01, 0.005, 0.0025)
-N_SETS = 400  # validation sets per class and size (the 0.99 quantile rests on 4 sets above it)
+N_SETS = 400  # validation sets per class and size (at REJECT 0.005 the threshold has 2 sets above it)
 BANK = 100  # training features per class in its bank
 SEED = 0
 
@@ -143,6 +143,11 @@ def hotelling(set_means: np.ndarray, n: int, means: np.ndarray, precision: np.nd
     d = (np.einsum("sf,sf->s", mp, m)[:, None] - 2 * mp @ means.T
          + np.einsum("kf,fg,kg->k", means, precision, means)[None, :])
     return n * np.maximum(d, 0.0)
+
+
+def reject_label(kind: str, reject: float) -> str:
+    """How the benchmark names a statistic measured at another share rejected than REJECT ("mmd@0.01")."""
+    return kind if reject == REJECT else f"{kind}@{reject:g}"
 
 
 def thresholds_at(null: np.ndarray, reject: float) -> np.ndarray:
